@@ -1,0 +1,58 @@
+//! One error type for the engine. The extension maps each kind to a SQLSTATE.
+
+use std::fmt;
+
+/// What went wrong, coarse enough for the caller to pick an error code and a hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The ONNX Runtime shared library could not be loaded or initialised.
+    Runtime,
+    /// The model name is not valid (empty, absolute, `..`, odd characters).
+    InvalidName,
+    /// No model directory of that name.
+    ModelNotFound,
+    /// The model directory lacks a required file (`model.onnx`, `tokenizer.json`).
+    MissingFile,
+    /// A model file exists but cannot be read or parsed (corrupt ONNX, bad JSON).
+    Corrupt,
+    /// The model loads but its inputs or outputs are not those of a reranker.
+    Unsupported,
+    /// Tokenization of an input failed.
+    Tokenize,
+    /// ONNX Runtime failed while running a batch.
+    Inference,
+    /// The caller asked to stop (query cancel, statement timeout).
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub detail: Option<String>,
+}
+
+impl EngineError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), detail: None }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, ": {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

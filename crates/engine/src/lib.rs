@@ -1,0 +1,16 @@
+//! pg_rerank's engine: everything between text and a relevance score, with no PostgreSQL
+//! inside. Tokenize (query, document) pairs with the model's `tokenizer.json`, batch them
+//! by length under a token budget, run the ONNX graph with ONNX Runtime, and turn its
+//! logits into scores. Tested and benchmarked with plain cargo.
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod registry;
+pub mod runtime;
+
+pub use batch::BatchLimits;
+pub use config::{Family, Head, ModelConfig};
+pub use error::{EngineError, ErrorKind, Result};
+pub use model::{Encoded, Model, ScoreOptions, ScoreStats, SessionOptions};

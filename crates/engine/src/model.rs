@@ -1,0 +1,408 @@
+//! A loaded reranker: tokenizer, ONNX session, and the head that turns outputs into scores.
+
+use crate::batch::{self, BatchLimits};
+use crate::config::{Head, ModelConfig, PaddingSide};
+use crate::error::{EngineError, ErrorKind, Result};
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorElementType, ValueType};
+use parking_lot::Mutex;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// How the ONNX session is built.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Threads ONNX Runtime may use inside one inference (intra-op).
+    pub intra_threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { intra_threads: 1 }
+    }
+}
+
+/// How one call scores its pairs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScoreOptions {
+    pub limits: BatchLimits,
+    /// Return the raw logit (for two-label heads, the log-odds of the positive class)
+    /// instead of its sigmoid.
+    pub raw: bool,
+}
+
+/// What one call did, for statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScoreStats {
+    pub pairs: usize,
+    pub tokens: usize,
+    pub truncated: usize,
+    pub batches: usize,
+}
+
+/// One tokenized (query, document) pair.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub ids: Vec<i64>,
+    pub type_ids: Vec<i64>,
+    /// The document (or, if it was too long alone, the query) lost tokens.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputKind {
+    InputIds,
+    AttentionMask,
+    TokenTypeIds,
+    PositionIds,
+}
+
+#[derive(Debug, Clone)]
+struct InputSpec {
+    name: String,
+    kind: InputKind,
+    int32: bool,
+}
+
+/// Text beyond this many characters per token of the maximum length is cut before
+/// tokenizing: the tokens it would give are truncated away in any case, and a 1 MB
+/// document would otherwise cost a full tokenization.
+const CHARS_PER_TOKEN_BOUND: usize = 32;
+
+pub struct Model {
+    name: String,
+    dir: PathBuf,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    /// Same tokenizer truncating longest-first: for prompts and over-long queries.
+    tokenizer_longest_first: Tokenizer,
+    session: Mutex<Session>,
+    inputs: Vec<InputSpec>,
+    output_f16: bool,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("name", &self.name).field("dir", &self.dir).field("config", &self.config).finish()
+    }
+}
+
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::new(ErrorKind::Corrupt, format!("could not load \"{}\"", path.display())).with_detail(e.to_string())
+}
+
+impl Model {
+    /// Loads the model in `dir`. `name` is how users refer to it; `env` comes from
+    /// [`crate::runtime::init`].
+    pub fn load(env: &Environment, name: &str, dir: &Path, opts: &SessionOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(EngineError::new(ErrorKind::ModelNotFound, format!("model \"{name}\" does not exist"))
+                .with_detail(format!("no directory \"{}\"", dir.display())));
+        }
+        let onnx = dir.join("model.onnx");
+        let tok_path = dir.join("tokenizer.json");
+        for f in [&onnx, &tok_path] {
+            if !f.is_file() {
+                return Err(EngineError::new(
+                    ErrorKind::MissingFile,
+                    format!("model \"{name}\" has no {}", f.file_name().and_then(|s| s.to_str()).unwrap_or("file")),
+                )
+                .with_detail(format!("\"{}\" does not exist", f.display())));
+            }
+        }
+
+        let tok_bytes = std::fs::read(&tok_path).map_err(|e| corrupt(&tok_path, e))?;
+        let tok_json: serde_json::Value = serde_json::from_slice(&tok_bytes).map_err(|e| corrupt(&tok_path, e))?;
+        let config = ModelConfig::discover(dir, &tok_json)?;
+        let mut tokenizer = Tokenizer::from_bytes(&tok_bytes).map_err(|e| corrupt(&tok_path, e))?;
+        tokenizer.with_padding(None);
+        let truncation = |strategy| TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length: config.max_length,
+            strategy,
+            stride: 0,
+        };
+        let mut tokenizer_longest_first = tokenizer.clone();
+        tokenizer_longest_first
+            .with_truncation(Some(truncation(TruncationStrategy::LongestFirst)))
+            .map_err(|e| corrupt(&tok_path, e))?;
+        tokenizer.with_truncation(Some(truncation(TruncationStrategy::OnlySecond))).map_err(|e| corrupt(&tok_path, e))?;
+
+        let builder = (|| -> std::result::Result<_, ort::Error> {
+            Ok(Session::builder(env)?
+                .with_optimization_level(GraphOptimizationLevel::Level3)?
+                .with_intra_threads(opts.intra_threads.max(1))?
+                .with_inter_threads(1)?
+                .with_intra_op_spinning(false)?
+                .with_inter_op_spinning(false)?)
+        })()
+        .map_err(|e| EngineError::new(ErrorKind::Runtime, "could not configure the ONNX session").with_detail(e.to_string()))?;
+        let mut builder = builder;
+        let session = builder
+            .commit_from_file(&onnx)
+            .map_err(|e| corrupt(&onnx, e))?;
+
+        let inputs = Self::discover_inputs(name, &session)?;
+        let output_f16 = Self::check_output(name, &session, &config)?;
+        Ok(Model {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+            tokenizer_longest_first,
+            session: Mutex::new(session),
+            inputs,
+            output_f16,
+        })
+    }
+
+    /// Maps the graph's declared inputs to what we know how to feed, as
+    /// text-embeddings-inference does; an input we cannot fill is an error now, not later.
+    fn discover_inputs(name: &str, session: &Session) -> Result<Vec<InputSpec>> {
+        let mut specs = Vec::new();
+        for input in session.inputs() {
+            let kind = match input.name() {
+                "input_ids" => InputKind::InputIds,
+                "attention_mask" => InputKind::AttentionMask,
+                "token_type_ids" => InputKind::TokenTypeIds,
+                "position_ids" => InputKind::PositionIds,
+                other => {
+                    return Err(EngineError::new(
+                        ErrorKind::Unsupported,
+                        format!("model \"{name}\" has an input \"{other}\" that pg_rerank cannot fill"),
+                    )
+                    .with_detail("supported inputs are input_ids, attention_mask, token_type_ids and position_ids"))
+                }
+            };
+            let int32 = match input.dtype() {
+                ValueType::Tensor { ty: TensorElementType::Int64, .. } => false,
+                ValueType::Tensor { ty: TensorElementType::Int32, .. } => true,
+                other => {
+                    return Err(EngineError::new(
+                        ErrorKind::Unsupported,
+                        format!("model \"{name}\" input \"{}\" has type {other}, expected an int64 or int32 tensor", input.name()),
+                    ))
+                }
+            };
+            specs.push(InputSpec { name: input.name().to_string(), kind, int32 });
+        }
+        if !specs.iter().any(|s| s.kind == InputKind::InputIds) {
+            return Err(EngineError::new(ErrorKind::Unsupported, format!("model \"{name}\" has no input_ids input")));
+        }
+        Ok(specs)
+    }
+
+    /// The first output must be float logits `[batch, num_labels]`.
+    fn check_output(name: &str, session: &Session, config: &ModelConfig) -> Result<bool> {
+        let Some(out) = session.outputs().first() else {
+            return Err(EngineError::new(ErrorKind::Unsupported, format!("model \"{name}\" has no outputs")));
+        };
+        let bad = |what: String| {
+            EngineError::new(ErrorKind::Unsupported, format!("model \"{name}\" output \"{}\" is not reranker logits", out.name()))
+                .with_detail(what)
+        };
+        match out.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                let f16 = match ty {
+                    TensorElementType::Float32 => false,
+                    TensorElementType::Float16 => true,
+                    other => return Err(bad(format!("element type {other}, expected float32 or float16"))),
+                };
+                if shape.len() != 2 {
+                    return Err(bad(format!("shape {shape:?}, expected [batch, labels]")));
+                }
+                let Head::Classifier { num_labels, .. } = &config.head;
+                if shape[1] > 0 && shape[1] as usize != *num_labels {
+                    return Err(bad(format!("{} labels in the graph, {} in config.json", shape[1], num_labels)));
+                }
+                if *num_labels > 2 {
+                    return Err(bad(format!("{num_labels} labels; a reranker has 1 or 2")));
+                }
+                Ok(f16)
+            }
+            other => Err(bad(format!("type {other}"))),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Names of the graph inputs that are fed, in graph order.
+    pub fn input_names(&self) -> Vec<&str> {
+        self.inputs.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// Tokenizes one pair: query first, document second, truncating the document first and
+    /// both (longest first) only when the query alone is too long.
+    pub fn encode(&self, query: &str, doc: &str) -> Result<Encoded> {
+        let bound = self.config.max_length.saturating_mul(CHARS_PER_TOKEN_BOUND).max(4096);
+        let (q, q_cut) = cut_chars(query, bound);
+        let (d, d_cut) = cut_chars(doc, bound);
+        let enc = match &self.config.prompt {
+            // One prompt, truncated from the right like the reference implementation.
+            Some(p) => self.longest_first(p.render(q, d).as_str())?,
+            None => match self.tokenizer.encode((q, d), true) {
+                Ok(e) => e,
+                // The query leaves no room for the document: fall back to longest-first.
+                Err(_) => self.longest_first((q, d))?,
+            },
+        };
+        let truncated = q_cut || d_cut || !enc.get_overflowing().is_empty();
+        Ok(Encoded {
+            ids: enc.get_ids().iter().map(|&x| i64::from(x)).collect(),
+            type_ids: enc.get_type_ids().iter().map(|&x| i64::from(x)).collect(),
+            truncated,
+        })
+    }
+
+    fn longest_first<'s, E>(&self, input: E) -> Result<tokenizers::Encoding>
+    where
+        E: Into<tokenizers::EncodeInput<'s>>,
+    {
+        self.tokenizer_longest_first
+            .encode(input, true)
+            .map_err(|e| EngineError::new(ErrorKind::Tokenize, "could not tokenize").with_detail(e.to_string()))
+    }
+
+    /// Scores `docs` against `query`; the result is in the order of `docs`. `check` runs
+    /// before every batch and may stop the work by returning an error (cancellation).
+    pub fn score(
+        &self,
+        query: &str,
+        docs: &[&str],
+        opts: ScoreOptions,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<(Vec<f32>, ScoreStats)> {
+        let mut encoded = Vec::with_capacity(docs.len());
+        for (i, d) in docs.iter().enumerate() {
+            if i % 64 == 63 {
+                check()?;
+            }
+            encoded.push(self.encode(query, d)?);
+        }
+        self.score_encoded(&encoded, opts, check)
+    }
+
+    /// Scores already tokenized pairs, batching them by length; order is preserved.
+    pub fn score_encoded(
+        &self,
+        encoded: &[Encoded],
+        opts: ScoreOptions,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<(Vec<f32>, ScoreStats)> {
+        let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+        let mut scores = vec![0f32; encoded.len()];
+        let mut stats = ScoreStats {
+            pairs: encoded.len(),
+            tokens: lengths.iter().sum(),
+            truncated: encoded.iter().filter(|e| e.truncated).count(),
+            batches: 0,
+        };
+        for rows in batch::plan(&lengths, opts.limits) {
+            check()?;
+            let raw = self.run_batch(encoded, &rows)?;
+            for (&i, r) in rows.iter().zip(raw) {
+                scores[i] = if opts.raw { r } else { sigmoid(r) };
+            }
+            stats.batches += 1;
+        }
+        Ok((scores, stats))
+    }
+
+    /// Runs one padded batch and returns the raw score of each row.
+    fn run_batch(&self, encoded: &[Encoded], rows: &[usize]) -> Result<Vec<f32>> {
+        let n = rows.len();
+        let width = rows.iter().map(|&i| encoded[i].ids.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![self.config.pad_id; n * width];
+        let mut mask = vec![0i64; n * width];
+        let mut types = vec![0i64; n * width];
+        let mut positions = vec![0i64; n * width];
+        for (r, &i) in rows.iter().enumerate() {
+            let e = &encoded[i];
+            let len = e.ids.len();
+            let start = match self.config.padding_side {
+                PaddingSide::Right => 0,
+                PaddingSide::Left => width - len,
+            };
+            let base = r * width + start;
+            ids[base..base + len].copy_from_slice(&e.ids);
+            types[base..base + len].copy_from_slice(&e.type_ids);
+            for j in 0..len {
+                mask[base + j] = 1;
+                positions[base + j] = j as i64;
+            }
+        }
+        let shape = [n as i64, width as i64];
+        let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(self.inputs.len());
+        for spec in &self.inputs {
+            let data = match spec.kind {
+                InputKind::InputIds => &ids,
+                InputKind::AttentionMask => &mask,
+                InputKind::TokenTypeIds => &types,
+                InputKind::PositionIds => &positions,
+            };
+            let value: SessionInputValue<'_> = if spec.int32 {
+                let v: Vec<i32> = data.iter().map(|&x| x as i32).collect();
+                Tensor::from_array((shape, v)).map_err(inference)?.into()
+            } else {
+                Tensor::from_array((shape, data.clone())).map_err(inference)?.into()
+            };
+            feed.push((Cow::Borrowed(spec.name.as_str()), value));
+        }
+
+        let mut session = self.session.lock();
+        let outputs = session.run(feed).map_err(inference)?;
+        let out = &outputs[0];
+        let logits: Vec<f32> = if self.output_f16 {
+            let (_, data) = out.try_extract_tensor::<half::f16>().map_err(inference)?;
+            data.iter().map(|x| x.to_f32()).collect()
+        } else {
+            let (_, data) = out.try_extract_tensor::<f32>().map_err(inference)?;
+            data.to_vec()
+        };
+        let Head::Classifier { num_labels, positive } = self.config.head;
+        if logits.len() != n * num_labels {
+            return Err(EngineError::new(
+                ErrorKind::Inference,
+                format!("model \"{}\" returned {} values for {} pairs", self.name, logits.len(), n),
+            ));
+        }
+        Ok((0..n)
+            .map(|r| match num_labels {
+                1 => logits[r],
+                _ => logits[r * 2 + positive] - logits[r * 2 + (1 - positive)],
+            })
+            .collect())
+    }
+}
+
+fn inference(e: ort::Error) -> EngineError {
+    EngineError::new(ErrorKind::Inference, "ONNX Runtime failed to run the model").with_detail(e.to_string())
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The first `max` characters of `s`, and whether anything was cut.
+fn cut_chars(s: &str, max: usize) -> (&str, bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    match s.char_indices().nth(max) {
+        Some((b, _)) => (&s[..b], true),
+        None => (s, false),
+    }
+}

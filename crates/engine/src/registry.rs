@@ -1,0 +1,113 @@
+//! Model names and where they live: a model is a subdirectory of the model directory
+//! (nested names such as `tiny/bert` included) holding `model.onnx` and `tokenizer.json`.
+//! Nothing outside the model directory can be reached by name: no absolute paths, no
+//! `..`, and symbolic links that lead outside are refused.
+
+use crate::error::{EngineError, ErrorKind, Result};
+use std::path::{Component, Path, PathBuf};
+
+/// Longest accepted model name.
+pub const MAX_NAME_LEN: usize = 200;
+/// How deep `list` looks for models below the model directory.
+const LIST_DEPTH: usize = 4;
+
+fn invalid(name: &str, why: &str) -> EngineError {
+    EngineError::new(ErrorKind::InvalidName, format!("invalid model name \"{name}\"")).with_detail(why.to_string())
+}
+
+/// Checks a model name: `/`-separated parts of letters, digits, `.`, `_` and `-`, none of
+/// them empty, `.` or `..`, none starting with a dot.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(invalid(name, "the name is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid(name, "the name is too long"));
+    }
+    for part in name.split('/') {
+        if part.is_empty() || part.starts_with('.') {
+            return Err(invalid(name, "each part of a name must be non-empty and not start with a dot"));
+        }
+        if !part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            return Err(invalid(name, "names may hold only letters, digits, '.', '_', '-' and '/'"));
+        }
+    }
+    Ok(())
+}
+
+/// The directory of model `name` under `root`, refusing anything that resolves outside
+/// `root`.
+pub fn resolve(root: &Path, name: &str) -> Result<PathBuf> {
+    validate_name(name)?;
+    let root = root.canonicalize().map_err(|e| {
+        EngineError::new(ErrorKind::ModelNotFound, format!("model directory \"{}\" is not accessible", root.display()))
+            .with_detail(e.to_string())
+    })?;
+    let candidate = root.join(name);
+    if candidate.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(invalid(name, "\"..\" is not allowed"));
+    }
+    let real = candidate.canonicalize().map_err(|_| {
+        EngineError::new(ErrorKind::ModelNotFound, format!("model \"{name}\" does not exist"))
+            .with_detail(format!("no directory \"{}\"", candidate.display()))
+    })?;
+    if !real.starts_with(&root) {
+        return Err(invalid(name, "the model resolves outside the model directory"));
+    }
+    if !real.is_dir() {
+        return Err(EngineError::new(ErrorKind::ModelNotFound, format!("model \"{name}\" does not exist"))
+            .with_detail(format!("\"{}\" is not a directory", real.display())));
+    }
+    Ok(real)
+}
+
+/// Every model below `root` (directories holding `model.onnx`), sorted by name.
+pub fn list(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    let Ok(root) = root.canonicalize() else { return found };
+    walk(&root, &root, 0, &mut found);
+    found.sort();
+    found
+}
+
+fn walk(root: &Path, dir: &Path, depth: usize, found: &mut Vec<(String, PathBuf)>) {
+    if dir.join("model.onnx").is_file() {
+        if let Ok(rel) = dir.strip_prefix(root) {
+            let name = rel.to_string_lossy().into_owned();
+            if validate_name(&name).is_ok() {
+                found.push((name, dir.to_path_buf()));
+            }
+        }
+    }
+    if depth >= LIST_DEPTH {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if hidden || !path.is_dir() {
+            continue;
+        }
+        match path.canonicalize() {
+            Ok(real) if real.starts_with(root) => walk(root, &path, depth + 1, found),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["minilm", "tiny/bert", "a.b-c_d", "x/y/z"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "..", "../etc", "/abs", "a//b", "a/../b", ".hidden", "a b", "a\\b", "tiny/"] {
+            let e = validate_name(bad).expect_err(bad);
+            assert_eq!(e.kind, ErrorKind::InvalidName, "{bad}");
+        }
+    }
+}
