@@ -1,0 +1,90 @@
+# Shared settings for pg_rerank's scripts. Sourced, not run.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED="${PG_RERANK_SHARED:-$(cd "$REPO/.." && pwd)/shared}"
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_CONFIG="$PG_BIN/pg_config"
+ORT_VERSION=1.32.0
+ORT_DIR=/usr/local/lib/onnxruntime
+ORT_LIB="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+PGRX_VERSION=0.18.1
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# PostgreSQL refuses to run as root: as root, servers run as this unprivileged user.
+PG_RUNAS_USER="${PG_RERANK_RUNAS:-pgrerank}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Runs a command with root rights (directly when root, else through sudo).
+as_root() { if is_root; then "$@"; else sudo "$@"; fi; }
+
+# The OS user that owns and runs the private clusters.
+pg_user() { if is_root; then echo "$PG_RUNAS_USER"; else id -un; fi; }
+
+# Runs a command as the cluster owner.
+as_pg() { if is_root; then runuser -u "$PG_RUNAS_USER" -- "$@"; else "$@"; fi; }
+
+# A directory for cluster data that the cluster owner can reach: under the repo when its
+# parents let that user in, else under /var/tmp (a repo under /root is not reachable).
+state_dir() {
+    local want="$REPO/.build"
+    mkdir -p "$want"
+    if as_pg test -x "$want" 2>/dev/null && as_pg test -r "$SHARED/models" 2>/dev/null; then
+        echo "$want"
+    else
+        local alt="/var/tmp/pg_rerank-$(echo "$REPO" | md5sum | cut -c1-8)"
+        mkdir -p "$alt"
+        echo "$alt"
+    fi
+}
+
+# A model directory the server can read: the shared models when reachable, else a copy.
+model_dir_for_server() {
+    local dir
+    dir="$(state_dir)"
+    if as_pg test -r "$SHARED/models/minilm-debian/model.onnx" 2>/dev/null; then
+        echo "$SHARED/models"
+    else
+        if [ ! -f "$dir/models/minilm-debian/model.onnx" ]; then
+            mkdir -p "$dir/models"
+            cp -r "$SHARED/models/." "$dir/models/"
+            chmod -R a+rX "$dir/models"
+        fi
+        echo "$dir/models"
+    fi
+}
+
+# Starts (or reuses) a private cluster in $1 on port $2, with pg_rerank preloaded only if
+# $3 is "preload". Prints nothing; psql connects through PGHOST/PGPORT set by the caller.
+start_cluster() {
+    local data="$1" port="$2" sock="$1/sock"
+    mkdir -p "$data"
+    if is_root; then chown "$(pg_user)" "$data"; fi
+    if [ ! -f "$data/pgdata/PG_VERSION" ]; then
+        as_pg "$PG_BIN/initdb" -D "$data/pgdata" -U postgres -A trust --no-sync >/dev/null
+        as_pg mkdir -p "$sock"
+        local models
+        models="$(model_dir_for_server)"
+        as_pg tee -a "$data/pgdata/postgresql.conf" >/dev/null <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$sock'
+shared_buffers = 256MB
+max_connections = 50
+fsync = off
+pg_rerank.model_dir = '$models'
+pg_rerank.model = 'minilm-debian'
+pg_rerank.onnxruntime = '$ORT_LIB'
+CONF
+    fi
+    if ! as_pg "$PG_BIN/pg_ctl" -D "$data/pgdata" status >/dev/null 2>&1; then
+        as_pg "$PG_BIN/pg_ctl" -D "$data/pgdata" -l "$data/server.log" -w -t 60 start >/dev/null
+    fi
+}
+
+stop_cluster() {
+    as_pg "$PG_BIN/pg_ctl" -D "$1/pgdata" -m fast -w stop >/dev/null 2>&1 || true
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs every test of pg_rerank: engine (cargo test), in-database (cargo pgrx test),
+# SQL golden files (pg_regress) and integration tests against a live cluster with
+# pgvector and the shared corpus. Installs what is missing first (scripts/setup.sh).
+source "$(dirname "$0")/lib.sh"
+cd "$REPO"
+START=$(date +%s)
+
+bash scripts/setup.sh --no-build
+STATE="$(state_dir)"
+MODELS="$(model_dir_for_server)"
+
+log "engine tests (cargo test)"
+cargo test -p pg_rerank_engine --release
+
+log "in-database tests (cargo pgrx test)"
+if is_root; then
+    export CARGO_PGRX_TEST_RUNAS="$PG_RUNAS_USER"
+    export CARGO_PGRX_TEST_PGDATA="$STATE/pgrx-test-data"
+    mkdir -p "$CARGO_PGRX_TEST_PGDATA" && chown "$PG_RUNAS_USER" "$CARGO_PGRX_TEST_PGDATA"
+fi
+PG_RERANK_TEST_MODEL_DIR="$MODELS" cargo pgrx test pg15
+
+# cargo pgrx test installed a test build; the remaining tiers run the release build.
+bash scripts/setup.sh
+
+CLUSTER="$STATE/test-cluster"
+PORT="${PG_RERANK_TEST_PORT:-54331}"
+log "starting the test cluster ($CLUSTER, port $PORT)"
+stop_cluster "$CLUSTER"
+start_cluster "$CLUSTER" "$PORT"
+trap 'stop_cluster "$CLUSTER"' EXIT
+export PGHOST=127.0.0.1 PGPORT="$PORT" PGUSER=postgres
+
+log "SQL golden tests (pg_regress)"
+REGRESS_OUT="$STATE/regress"
+rm -rf "$REGRESS_OUT" && mkdir -p "$REGRESS_OUT"
+TESTS=$(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//' | sort)
+if ! "$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress" \
+        --use-existing --inputdir=tests/pg_regress --outputdir="$REGRESS_OUT" \
+        --dbname=pg_rerank_regress $TESTS; then
+    cat "$REGRESS_OUT/regression.diffs" >&2 || true
+    exit 1
+fi
+
+log "integration tests (pytest, live cluster with pgvector)"
+psql -q -d postgres -c "DROP DATABASE IF EXISTS pg_rerank_it" -c "CREATE DATABASE pg_rerank_it" >/dev/null
+export PG_RERANK_DSN="host=127.0.0.1 port=$PORT user=postgres dbname=pg_rerank_it"
+export PG_RERANK_SHARED="$SHARED" PG_RERANK_STATE="$STATE" PG_RERANK_MODEL_DIR="$MODELS"
+.venv/bin/python scripts/load_corpus.py "$PG_RERANK_DSN" "$SHARED/data/debian"
+.venv/bin/python -m pytest -q tests/integration
+
+log "all tests passed in $(( $(date +%s) - START )) s"

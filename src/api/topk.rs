@@ -1,0 +1,220 @@
+//! `rerank_topk(query, id, doc, k)`: an aggregate that reranks the rows of any candidate
+//! subquery and returns the ids of the best k, best first; `rerank_topk_scores` with the
+//! same arguments returns their scores. Written side by side in one SELECT, the two share
+//! one transition state (same transition function, same arguments), so the model runs
+//! once for both.
+
+use super::{check_doc_count, load, null_query, rank, score};
+use crate::error::{raise, report};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{AnyArray, AnyElement, FromDatum, Internal, PgMemoryContexts, PgSqlErrorCode};
+use std::ffi::c_char;
+
+struct TopkState {
+    query: String,
+    k: i32,
+    elem: pg_sys::Oid,
+    typlen: i16,
+    typbyval: bool,
+    typalign: c_char,
+    /// Ids copied into the aggregate's memory context.
+    ids: Vec<pg_sys::Datum>,
+    docs: Vec<String>,
+    /// Best k as (row, score), computed by the first final function that runs.
+    ranked: Option<Vec<(usize, f32)>>,
+}
+
+fn agg_context(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> pg_sys::MemoryContext {
+    let mut ctx: pg_sys::MemoryContext = std::ptr::null_mut();
+    // SAFETY: fcinfo is the live call's; AggCheckCallContext only reads it.
+    if unsafe { pg_sys::AggCheckCallContext(fcinfo, &mut ctx) } == 0 {
+        raise(report(PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, format!("{what} must be called as part of an aggregate")));
+    }
+    ctx
+}
+
+fn check_k(k: Option<i32>) -> Result<i32, ErrorReport> {
+    match k {
+        Some(k) if k > 0 => Ok(k),
+        Some(k) => Err(report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("k must be positive, not {k}"))),
+        None => Err(report(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "k must not be null")),
+    }
+}
+
+/// Transition function shared by `rerank_topk` and `rerank_topk_scores`. Rows whose id or
+/// doc is NULL are skipped.
+#[pg_extern(stable, parallel_safe)]
+fn rerank_topk_sfunc(
+    state: Internal,
+    query: Option<&str>,
+    id: Option<AnyElement>,
+    doc: Option<&str>,
+    k: Option<i32>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Result<Internal, ErrorReport> {
+    let ctx = agg_context(fcinfo, "rerank_topk_sfunc");
+    let query = query.ok_or_else(null_query)?;
+    let k = check_k(k)?;
+    let mut state = state;
+    // SAFETY: the state is only ever a TopkState made below.
+    let st = match unsafe { state.get_mut::<TopkState>() } {
+        Some(st) => st,
+        None => {
+            let fresh = TopkState {
+                query: query.to_string(),
+                k,
+                elem: pg_sys::InvalidOid,
+                typlen: 0,
+                typbyval: false,
+                typalign: 0,
+                ids: Vec::new(),
+                docs: Vec::new(),
+                ranked: None,
+            };
+            let ptr = PgMemoryContexts::For(ctx).leak_and_drop_on_delete(fresh);
+            state = Internal::from(Some(pg_sys::Datum::from(ptr)));
+            // SAFETY: just stored a TopkState.
+            unsafe { state.get_mut::<TopkState>() }.expect("state just set")
+        }
+    };
+    if st.query != query {
+        return Err(report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "query must be the same for every row of rerank_topk"));
+    }
+    if st.k != k {
+        return Err(report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "k must be the same for every row of rerank_topk"));
+    }
+    let (Some(id), Some(doc)) = (id, doc) else { return Ok(state) };
+    check_doc_count(st.ids.len() + 1)?;
+    if st.elem == pg_sys::InvalidOid {
+        st.elem = id.oid();
+        // SAFETY: plain catalog lookups of a valid type oid.
+        unsafe { pg_sys::get_typlenbyvalalign(st.elem, &mut st.typlen, &mut st.typbyval, &mut st.typalign) };
+    }
+    // SAFETY: copies a datum of the declared type into the aggregate's context.
+    let copied = unsafe { PgMemoryContexts::For(ctx).switch_to(|_| datum_copy(id.datum(), st.typbyval, st.typlen)) };
+    st.ids.push(copied);
+    st.docs.push(doc.to_string());
+    st.ranked = None;
+    Ok(state)
+}
+
+/// Copies a datum into the current memory context (Postgres' datumCopy, which the
+/// bindings lack); varlena values are detoasted on the way.
+///
+/// # Safety
+/// `d` must be a valid datum of a type with the given `byval` and `len`.
+unsafe fn datum_copy(d: pg_sys::Datum, byval: bool, len: i16) -> pg_sys::Datum {
+    if byval {
+        return d;
+    }
+    // SAFETY: per the contract, d points to a value of this type's storage.
+    unsafe {
+        match len {
+            -1 => pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr())),
+            -2 => pg_sys::Datum::from(pg_sys::pstrdup(d.cast_mut_ptr())),
+            n => {
+                let n = n as usize;
+                let p = pg_sys::palloc(n) as *mut u8;
+                std::ptr::copy_nonoverlapping(d.cast_mut_ptr::<u8>(), p, n);
+                pg_sys::Datum::from(p)
+            }
+        }
+    }
+}
+
+/// Scores the collected rows once and keeps the best k in the state.
+fn ranked(state: &mut Internal) -> Result<Option<&mut TopkState>, ErrorReport> {
+    // SAFETY: the state is only ever a TopkState.
+    let Some(st) = (unsafe { state.get_mut::<TopkState>() }) else { return Ok(None) };
+    if st.ranked.is_none() {
+        let mut best = Vec::new();
+        if !st.docs.is_empty() {
+            let model = load(None)?;
+            let docs: Vec<&str> = st.docs.iter().map(String::as_str).collect();
+            best = rank(&score(&model, &st.query, &docs, false)?);
+            best.truncate(st.k as usize);
+        }
+        st.ranked = Some(best);
+    }
+    Ok(Some(st))
+}
+
+/// Final function of `rerank_topk`: the ids of the best k rows, best first.
+#[pg_extern(stable, parallel_safe)]
+fn rerank_topk_final(
+    state: Internal,
+    _query: Option<&str>,
+    _id: Option<AnyElement>,
+    _doc: Option<&str>,
+    _k: Option<i32>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Result<Option<AnyArray>, ErrorReport> {
+    agg_context(fcinfo, "rerank_topk_final");
+    let mut state = state;
+    let Some(st) = ranked(&mut state)? else { return Ok(None) };
+    if st.ids.is_empty() {
+        return Ok(None);
+    }
+    let mut datums: Vec<pg_sys::Datum> = st.ranked.as_ref().map(|r| r.iter().map(|(i, _)| st.ids[*i]).collect()).unwrap_or_default();
+    // SAFETY: the datums are of type st.elem, whose storage properties were looked up.
+    unsafe {
+        let arr = pg_sys::construct_array(
+            datums.as_mut_ptr(),
+            datums.len() as i32,
+            st.elem,
+            st.typlen as i32,
+            st.typbyval,
+            st.typalign,
+        );
+        let array_type = pg_sys::get_array_type(st.elem);
+        Ok(AnyArray::from_polymorphic_datum(pg_sys::Datum::from(arr), false, array_type))
+    }
+}
+
+/// Final function of `rerank_topk_scores`: the scores of the best k rows, best first.
+#[pg_extern(stable, parallel_safe)]
+fn rerank_topk_scores_final(
+    state: Internal,
+    _query: Option<&str>,
+    _id: Option<AnyElement>,
+    _doc: Option<&str>,
+    _k: Option<i32>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Result<Option<Vec<f32>>, ErrorReport> {
+    agg_context(fcinfo, "rerank_topk_scores_final");
+    let mut state = state;
+    let Some(st) = ranked(&mut state)? else { return Ok(None) };
+    if st.ids.is_empty() {
+        return Ok(None);
+    }
+    Ok(st.ranked.as_ref().map(|r| r.iter().map(|(_, s)| *s).collect()))
+}
+
+extension_sql!(
+    r#"
+CREATE AGGREGATE rerank_topk(query text, id anyelement, doc text, k integer) (
+    SFUNC = rerank_topk_sfunc,
+    STYPE = internal,
+    FINALFUNC = rerank_topk_final,
+    FINALFUNC_EXTRA,
+    FINALFUNC_MODIFY = SHAREABLE,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE rerank_topk(text, anyelement, text, integer) IS
+'Reranks the rows of a candidate set against query and returns the ids of the best k, best first (pg_rerank.model scores them).';
+
+CREATE AGGREGATE rerank_topk_scores(query text, id anyelement, doc text, k integer) (
+    SFUNC = rerank_topk_sfunc,
+    STYPE = internal,
+    FINALFUNC = rerank_topk_scores_final,
+    FINALFUNC_EXTRA,
+    FINALFUNC_MODIFY = SHAREABLE,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE rerank_topk_scores(text, anyelement, text, integer) IS
+'The scores matching rerank_topk with the same arguments, best first; written in the same SELECT, both share one model run.';
+"#,
+    name = "rerank_topk_aggregates",
+    requires = [rerank_topk_sfunc, rerank_topk_final, rerank_topk_scores_final],
+);
