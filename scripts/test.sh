@@ -35,6 +35,8 @@ export PGHOST=127.0.0.1 PGPORT="$PORT" PGUSER=postgres
 log "SQL golden tests (pg_regress)"
 REGRESS_OUT="$STATE/regress"
 rm -rf "$REGRESS_OUT" && mkdir -p "$REGRESS_OUT"
+psql -q -d postgres -c "DROP DATABASE IF EXISTS pg_rerank_regress" -c "CREATE DATABASE pg_rerank_regress" >/dev/null
+psql -q -d pg_rerank_regress -c "CREATE EXTENSION pg_rerank" >/dev/null
 TESTS=$(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//' | sort)
 if ! "$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress" \
         --use-existing --inputdir=tests/pg_regress --outputdir="$REGRESS_OUT" \

@@ -3,110 +3,115 @@
 
 use pgrx::prelude::*;
 
-fn rows(sql: &str) -> Vec<(i32, f32)> {
-    Spi::connect(|c| {
-        c.select(sql, None, &[])
-            .expect("query runs")
-            .map(|r| (r.get::<i32>(1).expect("idx").expect("not null"), r.get::<f32>(2).expect("score").expect("not null")))
-            .collect()
-    })
-}
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
 
-const DOCS: &str = "ARRAY['zlib is a library implementing the deflate compression method found in gzip and PKZIP',
-    NULL,
-    'GNU Chess is a chess-playing program',
-    'a lossless data-compression library used by gzip and png']";
+    fn rows(sql: &str) -> Vec<(i32, f32)> {
+        Spi::connect(|c| {
+            c.select(sql, None, &[])
+                .expect("query runs")
+                .map(|r| (r.get::<i32>(1).expect("idx").expect("not null"), r.get::<f32>(2).expect("score").expect("not null")))
+                .collect()
+        })
+    }
 
-#[pg_test]
-fn rerank_orders_and_skips_nulls() {
-    let r = rows(&format!("SELECT idx, score FROM rerank('compression library', {DOCS})"));
-    assert_eq!(r.len(), 3, "the NULL element is skipped");
-    assert!(r.windows(2).all(|w| w[0].1 >= w[1].1), "best first: {r:?}");
-    assert_eq!(r.last().map(|x| x.0), Some(3), "the chess program is least relevant: {r:?}");
-    assert!(r.iter().all(|(_, s)| (0.0..=1.0).contains(s)));
-    let top = rows(&format!("SELECT idx, score FROM rerank('compression library', {DOCS}, top_n => 1)"));
-    assert_eq!(top, r[..1].to_vec());
-    assert!(rows("SELECT * FROM rerank('q', ARRAY[]::text[])").is_empty());
-    assert!(rows("SELECT * FROM rerank('q', NULL)").is_empty());
-}
+    const DOCS: &str = "ARRAY['zlib is a library implementing the deflate compression method found in gzip and PKZIP',
+        NULL,
+        'GNU Chess is a chess-playing program',
+        'a lossless data-compression library used by gzip and png']";
 
-#[pg_test]
-fn rerank_score_agrees_with_rerank_and_raw_is_the_logit() {
-    let p = Spi::get_one::<f32>("SELECT rerank_score('chess engine', 'GNU Chess is a chess-playing program')")
-        .expect("spi")
-        .expect("not null");
-    let raw = Spi::get_one::<f32>("SELECT rerank_score('chess engine', 'GNU Chess is a chess-playing program', raw => true)")
-        .expect("spi")
-        .expect("not null");
-    assert!((p - 1.0 / (1.0 + (-raw).exp())).abs() < 1e-6, "sigmoid(raw) = score");
-    let r = rows("SELECT idx, score FROM rerank('chess engine', ARRAY['GNU Chess is a chess-playing program'])");
-    assert!((r[0].1 - p).abs() < 1e-6);
-    assert_eq!(Spi::get_one::<f32>("SELECT rerank_score(NULL, 'doc')").expect("spi"), None);
-}
+    #[pg_test]
+    fn rerank_orders_and_skips_nulls() {
+        let r = rows(&format!("SELECT idx, score FROM rerank('compression library', {DOCS})"));
+        assert_eq!(r.len(), 3, "the NULL element is skipped");
+        assert!(r.windows(2).all(|w| w[0].1 >= w[1].1), "best first: {r:?}");
+        assert_eq!(r.last().map(|x| x.0), Some(3), "the chess program is least relevant: {r:?}");
+        assert!(r.iter().all(|(_, s)| (0.0..=1.0).contains(s)));
+        let top = rows(&format!("SELECT idx, score FROM rerank('compression library', {DOCS}, top_n => 1)"));
+        assert_eq!(top, r[..1].to_vec());
+        assert!(rows("SELECT * FROM rerank('q', ARRAY[]::text[])").is_empty());
+        assert!(rows("SELECT * FROM rerank('q', NULL)").is_empty());
+    }
 
-#[pg_test]
-fn rerank_topk_for_every_id_type() {
-    Spi::run(
-        "CREATE TEMP TABLE docs AS SELECT * FROM (VALUES
-            (1, 'GNU Chess is a chess-playing program'),
-            (2, 'zlib is a library implementing the deflate compression method'),
-            (3, 'a lossless data-compression library used by gzip'),
-            (4, NULL)) v(id, body)",
-    )
-    .expect("table");
-    let best = |id_expr: &str| {
-        Spi::get_one::<String>(&format!(
-            "SELECT rerank_topk('compression library', {id_expr}, body, 2)::text FROM docs"
+    #[pg_test]
+    fn rerank_score_agrees_with_rerank_and_raw_is_the_logit() {
+        let p = Spi::get_one::<f32>("SELECT rerank_score('chess engine', 'GNU Chess is a chess-playing program')")
+            .expect("spi")
+            .expect("not null");
+        let raw = Spi::get_one::<f32>("SELECT rerank_score('chess engine', 'GNU Chess is a chess-playing program', raw => true)")
+            .expect("spi")
+            .expect("not null");
+        assert!((p - 1.0 / (1.0 + (-raw).exp())).abs() < 1e-6, "sigmoid(raw) = score");
+        let r = rows("SELECT idx, score FROM rerank('chess engine', ARRAY['GNU Chess is a chess-playing program'])");
+        assert!((r[0].1 - p).abs() < 1e-6);
+        assert_eq!(Spi::get_one::<f32>("SELECT rerank_score(NULL, 'doc')").expect("spi"), None);
+    }
+
+    #[pg_test]
+    fn rerank_topk_for_every_id_type() {
+        Spi::run(
+            "CREATE TEMP TABLE docs AS SELECT * FROM (VALUES
+                (1, 'GNU Chess is a chess-playing program'),
+                (2, 'zlib is a library implementing the deflate compression method'),
+                (3, 'a lossless data-compression library used by gzip'),
+                (4, NULL)) v(id, body)",
+        )
+        .expect("table");
+        let best = |id_expr: &str| {
+            Spi::get_one::<String>(&format!(
+                "SELECT rerank_topk('compression library', {id_expr}, body, 2)::text FROM docs"
+            ))
+            .expect("spi")
+            .expect("not null")
+        };
+        let ints = best("id");
+        assert!(ints == "{2,3}" || ints == "{3,2}", "{ints}");
+        assert_eq!(best("id::bigint"), ints);
+        assert_eq!(best("id::text"), ints);
+        let uuid = best("('00000000-0000-0000-0000-00000000000' || id)::uuid");
+        assert!(uuid.contains("00000000-0000-0000-0000-000000000002"), "{uuid}");
+        // The scores aggregate returns the same ranking's scores, best first.
+        let (ids, scores) = Spi::get_two::<Vec<i32>, Vec<f32>>(
+            "SELECT rerank_topk('compression library', id, body, 3), rerank_topk_scores('compression library', id, body, 3) FROM docs",
+        )
+        .expect("spi");
+        let (ids, scores) = (ids.expect("ids"), scores.expect("scores"));
+        assert_eq!(ids.len(), 3, "k = 3 of 3 scored rows (NULL body skipped)");
+        assert_eq!(scores.len(), 3);
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]));
+        let direct = Spi::get_one::<f32>(&format!(
+            "SELECT rerank_score('compression library', body) FROM docs WHERE id = {}",
+            ids[0]
         ))
         .expect("spi")
-        .expect("not null")
-    };
-    let ints = best("id");
-    assert!(ints == "{2,3}" || ints == "{3,2}", "{ints}");
-    assert_eq!(best("id::bigint"), ints);
-    assert_eq!(best("id::text"), ints);
-    let uuid = best("('00000000-0000-0000-0000-00000000000' || id)::uuid");
-    assert!(uuid.contains("00000000-0000-0000-0000-000000000002"), "{uuid}");
-    // The scores aggregate returns the same ranking's scores, best first.
-    let (ids, scores) = Spi::get_two::<Vec<i32>, Vec<f32>>(
-        "SELECT rerank_topk('compression library', id, body, 3), rerank_topk_scores('compression library', id, body, 3) FROM docs",
-    )
-    .expect("spi");
-    let (ids, scores) = (ids.expect("ids"), scores.expect("scores"));
-    assert_eq!(ids.len(), 3, "k = 3 of 3 scored rows (NULL body skipped)");
-    assert_eq!(scores.len(), 3);
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]));
-    let direct = Spi::get_one::<f32>(&format!(
-        "SELECT rerank_score('compression library', body) FROM docs WHERE id = {}",
-        ids[0]
-    ))
-    .expect("spi")
-    .expect("not null");
-    assert!((direct - scores[0]).abs() < 1e-6);
-}
-
-#[pg_test]
-fn models_are_listed() {
-    let names: Vec<String> = Spi::connect(|c| {
-        c.select("SELECT name FROM rerank_models() WHERE family IS NOT NULL", None, &[])
-            .expect("select")
-            .map(|r| r.get::<String>(1).expect("name").expect("not null"))
-            .collect()
-    });
-    for want in ["minilm-debian", "tiny/bert", "tiny/deberta-v2", "tiny/modernbert", "tiny/xlm-roberta"] {
-        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        .expect("not null");
+        assert!((direct - scores[0]).abs() < 1e-6);
     }
-    let ml = Spi::get_one::<i32>("SELECT max_length FROM rerank_models() WHERE name = 'minilm-debian'").expect("spi");
-    assert_eq!(ml, Some(256));
-}
 
-#[pg_test(error = "too many documents to rerank: 3, the limit is 2")]
-fn max_docs_is_enforced() {
-    Spi::run("SET pg_rerank.max_docs = 2").expect("set");
-    Spi::run("SELECT * FROM rerank('q', ARRAY['a','b','c'])").expect("fails");
-}
+    #[pg_test]
+    fn models_are_listed() {
+        let names: Vec<String> = Spi::connect(|c| {
+            c.select("SELECT name FROM rerank_models() WHERE family IS NOT NULL", None, &[])
+                .expect("select")
+                .map(|r| r.get::<String>(1).expect("name").expect("not null"))
+                .collect()
+        });
+        for want in ["minilm-debian", "tiny/bert", "tiny/deberta-v2", "tiny/modernbert", "tiny/xlm-roberta"] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+        let ml = Spi::get_one::<i32>("SELECT max_length FROM rerank_models() WHERE name = 'minilm-debian'").expect("spi");
+        assert_eq!(ml, Some(256));
+    }
 
-#[pg_test(error = "model \"no-such-model\" does not exist")]
-fn unknown_model_is_an_error() {
-    Spi::run("SELECT * FROM rerank('q', ARRAY['a'], model => 'no-such-model')").expect("fails");
+    #[pg_test(error = "too many documents to rerank: 3, the limit is 2")]
+    fn max_docs_is_enforced() {
+        Spi::run("SET pg_rerank.max_docs = 2").expect("set");
+        Spi::run("SELECT * FROM rerank('q', ARRAY['a','b','c'])").expect("fails");
+    }
+
+    #[pg_test(error = "model \"no-such-model\" does not exist")]
+    fn unknown_model_is_an_error() {
+        Spi::run("SELECT * FROM rerank('q', ARRAY['a'], model => 'no-such-model')").expect("fails");
+    }
 }

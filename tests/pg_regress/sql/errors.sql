@@ -41,12 +41,12 @@ SELECT pg_temp.err($$SELECT * FROM rerank_models()$$);
 RESET pg_rerank.model_dir;
 
 -- Only a superuser may point the server at model files.
-CREATE ROLE pg_rerank_regress_user;
-SET ROLE pg_rerank_regress_user;
+CREATE ROLE rerank_regress_user;
+SET ROLE rerank_regress_user;
 SELECT pg_temp.err($$SET pg_rerank.model_dir = '/tmp'$$);
 SELECT pg_temp.err($$SET pg_rerank.onnxruntime = '/tmp/lib.so'$$);
 RESET ROLE;
-DROP ROLE pg_rerank_regress_user;
+DROP ROLE rerank_regress_user;
 
 -- The backend is still fine.
 SELECT count(*) FROM rerank('q', ARRAY['a', 'b']);
