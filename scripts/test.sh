@@ -50,6 +50,6 @@ psql -q -d postgres -c "DROP DATABASE IF EXISTS pg_rerank_it" -c "CREATE DATABAS
 export PG_RERANK_DSN="host=127.0.0.1 port=$PORT user=postgres dbname=pg_rerank_it"
 export PG_RERANK_SHARED="$SHARED" PG_RERANK_STATE="$STATE" PG_RERANK_MODEL_DIR="$MODELS"
 .venv/bin/python scripts/load_corpus.py "$PG_RERANK_DSN" "$SHARED/data/debian"
-.venv/bin/python -m pytest -q tests/integration
+.venv/bin/python -m pytest -q -s tests/integration
 
 log "all tests passed in $(( $(date +%s) - START )) s"

@@ -22,7 +22,7 @@ def ndcg10(ranked, rel):
 
 def expected_figures():
     text = (DATA / "dev_reference.txt").read_text()
-    first, reranked = re.search(r"first-stage order ([0-9.]+), reranked ([0-9.]+)", text).groups()
+    first, reranked = re.search(r"first-stage order ([0-9]+\.[0-9]+), reranked ([0-9]+\.[0-9]+)", text).groups()
     return float(first), float(reranked)
 
 
