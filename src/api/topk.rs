@@ -123,40 +123,44 @@ unsafe fn datum_copy(d: pg_sys::Datum, byval: bool, len: i16) -> pg_sys::Datum {
     }
 }
 
-/// Scores the collected rows once and keeps the best k in the state.
-fn ranked(state: &mut Internal) -> Result<Option<&mut TopkState>, ErrorReport> {
+/// The state and its best k rows as (row, score), best first, for a final function.
+/// Scores the rows on the first call and keeps the ranking in the state, so the second
+/// final function sharing the state does not run the model again. None when no row was
+/// aggregated.
+fn best<'a>(
+    state: &'a mut Internal,
+    fcinfo: pg_sys::FunctionCallInfo,
+    what: &str,
+) -> Result<Option<(&'a TopkState, &'a [(usize, f32)])>, ErrorReport> {
+    agg_context(fcinfo, what);
     // SAFETY: the state is only ever a TopkState.
     let Some(st) = (unsafe { state.get_mut::<TopkState>() }) else { return Ok(None) };
-    if st.ranked.is_none() {
-        let mut best = Vec::new();
-        if !st.docs.is_empty() {
-            let model = load(None)?;
-            let docs: Vec<&str> = st.docs.iter().map(String::as_str).collect();
-            best = rank(&score(&model, &st.query, &docs, false)?);
-            best.truncate(st.k as usize);
-        }
-        st.ranked = Some(best);
+    if st.ids.is_empty() {
+        return Ok(None);
     }
-    Ok(Some(st))
+    if st.ranked.is_none() {
+        let model = load(None)?;
+        let docs: Vec<&str> = st.docs.iter().map(String::as_str).collect();
+        let mut ranked = rank(&score(&model, &st.query, &docs, false)?);
+        ranked.truncate(st.k as usize);
+        st.ranked = Some(ranked);
+    }
+    let st: &TopkState = st;
+    Ok(Some((st, st.ranked.as_deref().unwrap_or_default())))
 }
 
 /// Final function of `rerank_topk`: the ids of the best k rows, best first.
 #[pg_extern(stable, parallel_safe)]
 fn rerank_topk_final(
-    state: Internal,
+    mut state: Internal,
     _query: Option<&str>,
     _id: Option<AnyElement>,
     _doc: Option<&str>,
     _k: Option<i32>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Result<Option<AnyArray>, ErrorReport> {
-    agg_context(fcinfo, "rerank_topk_final");
-    let mut state = state;
-    let Some(st) = ranked(&mut state)? else { return Ok(None) };
-    if st.ids.is_empty() {
-        return Ok(None);
-    }
-    let mut datums: Vec<pg_sys::Datum> = st.ranked.as_ref().map(|r| r.iter().map(|(i, _)| st.ids[*i]).collect()).unwrap_or_default();
+    let Some((st, ranked)) = best(&mut state, fcinfo, "rerank_topk_final")? else { return Ok(None) };
+    let mut datums: Vec<pg_sys::Datum> = ranked.iter().map(|(i, _)| st.ids[*i]).collect();
     // SAFETY: the datums are of type st.elem, whose storage properties were looked up.
     unsafe {
         let arr = pg_sys::construct_array(
@@ -175,20 +179,15 @@ fn rerank_topk_final(
 /// Final function of `rerank_topk_scores`: the scores of the best k rows, best first.
 #[pg_extern(stable, parallel_safe)]
 fn rerank_topk_scores_final(
-    state: Internal,
+    mut state: Internal,
     _query: Option<&str>,
     _id: Option<AnyElement>,
     _doc: Option<&str>,
     _k: Option<i32>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Result<Option<Vec<f32>>, ErrorReport> {
-    agg_context(fcinfo, "rerank_topk_scores_final");
-    let mut state = state;
-    let Some(st) = ranked(&mut state)? else { return Ok(None) };
-    if st.ids.is_empty() {
-        return Ok(None);
-    }
-    Ok(st.ranked.as_ref().map(|r| r.iter().map(|(_, s)| *s).collect()))
+    let Some((_, ranked)) = best(&mut state, fcinfo, "rerank_topk_scores_final")? else { return Ok(None) };
+    Ok(Some(ranked.iter().map(|(_, s)| *s).collect()))
 }
 
 extension_sql!(

@@ -347,17 +347,18 @@ impl Model {
         let shape = [n as i64, width as i64];
         let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(self.inputs.len());
         for spec in &self.inputs {
-            let data = match spec.kind {
-                InputKind::InputIds => &ids,
-                InputKind::AttentionMask => &mask,
-                InputKind::TokenTypeIds => &types,
-                InputKind::PositionIds => &positions,
-            };
+            // Each input kind is fed once: hand its buffer over instead of copying it.
+            let data = std::mem::take(match spec.kind {
+                InputKind::InputIds => &mut ids,
+                InputKind::AttentionMask => &mut mask,
+                InputKind::TokenTypeIds => &mut types,
+                InputKind::PositionIds => &mut positions,
+            });
             let value: SessionInputValue<'_> = if spec.int32 {
                 let v: Vec<i32> = data.iter().map(|&x| x as i32).collect();
                 Tensor::from_array((shape, v)).map_err(inference)?.into()
             } else {
-                Tensor::from_array((shape, data.clone())).map_err(inference)?.into()
+                Tensor::from_array((shape, data)).map_err(inference)?.into()
             };
             feed.push((Cow::Borrowed(spec.name.as_str()), value));
         }
