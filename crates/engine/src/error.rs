@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Tokenize,
     /// ONNX Runtime failed while running a batch.
     Inference,
+    /// The requested execution device (CUDA) could not be used.
+    Device,
     /// The caller asked to stop (query cancel, statement timeout).
     Cancelled,
 }

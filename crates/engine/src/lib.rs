@@ -13,4 +13,4 @@ pub mod runtime;
 pub use batch::BatchLimits;
 pub use config::{Family, Head, ModelConfig};
 pub use error::{EngineError, ErrorKind, Result};
-pub use model::{Encoded, Model, ScoreOptions, ScoreStats, SessionOptions};
+pub use model::{finish, Device, Encoded, Model, ScoreOptions, ScoreStats, SessionOptions};

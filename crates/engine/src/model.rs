@@ -12,16 +12,46 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+/// Where the ONNX session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// The CUDA execution provider on GPU `n`.
+    Cuda(i32),
+}
+
+impl Device {
+    /// Parses `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    pub fn parse(s: &str) -> Option<Device> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Some(Device::Cpu),
+            "cuda" => Some(Device::Cuda(0)),
+            other => other.strip_prefix("cuda:")?.parse::<i32>().ok().filter(|n| *n >= 0).map(Device::Cuda),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// How the ONNX session is built.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
     /// Threads ONNX Runtime may use inside one inference (intra-op).
     pub intra_threads: usize,
+    pub device: Device,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { intra_threads: 1 }
+        Self { intra_threads: 1, device: Device::Cpu }
     }
 }
 
@@ -32,6 +62,8 @@ pub struct ScoreOptions {
     /// Return the raw logit (for two-label heads, the log-odds of the positive class)
     /// instead of its sigmoid.
     pub raw: bool,
+    /// Threads that tokenize the pairs (1: the caller's thread).
+    pub tokenize_threads: usize,
 }
 
 /// What one call did, for statistics.
@@ -82,6 +114,7 @@ pub struct Model {
     session: Mutex<Session>,
     inputs: Vec<InputSpec>,
     output_f16: bool,
+    device: Device,
 }
 
 impl std::fmt::Debug for Model {
@@ -140,7 +173,16 @@ impl Model {
                 .with_inter_op_spinning(false)?)
         })()
         .map_err(|e| EngineError::new(ErrorKind::Runtime, "could not configure the ONNX session").with_detail(e.to_string()))?;
-        let mut builder = builder;
+        let mut builder = match opts.device {
+            Device::Cpu => builder,
+            Device::Cuda(n) => {
+                let cuda = ort::ep::CUDA::default().with_device_id(n).build().error_on_failure();
+                builder.with_execution_providers([cuda]).map_err(|e| {
+                    EngineError::new(ErrorKind::Device, format!("could not start CUDA device {n} for model \"{name}\""))
+                        .with_detail(e.to_string())
+                })?
+            }
+        };
         let session = builder
             .commit_from_file(&onnx)
             .map_err(|e| corrupt(&onnx, e))?;
@@ -156,6 +198,7 @@ impl Model {
             session: Mutex::new(session),
             inputs,
             output_f16,
+            device: opts.device,
         })
     }
 
@@ -239,6 +282,16 @@ impl Model {
         &self.config
     }
 
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Characters of a text that can matter: beyond this, `encode` cuts the text before
+    /// tokenizing, since its tokens would be truncated away.
+    pub fn char_bound(&self) -> usize {
+        self.config.max_length.saturating_mul(CHARS_PER_TOKEN_BOUND).max(4096)
+    }
+
     /// Names of the graph inputs that are fed, in graph order.
     pub fn input_names(&self) -> Vec<&str> {
         self.inputs.iter().map(|s| s.name.as_str()).collect()
@@ -247,7 +300,7 @@ impl Model {
     /// Tokenizes one pair: query first, document second, truncating the document first and
     /// both (longest first) only when the query alone is too long.
     pub fn encode(&self, query: &str, doc: &str) -> Result<Encoded> {
-        let bound = self.config.max_length.saturating_mul(CHARS_PER_TOKEN_BOUND).max(4096);
+        let bound = self.char_bound();
         let (q, q_cut) = cut_chars(query, bound);
         let (d, d_cut) = cut_chars(doc, bound);
         let enc = match &self.config.prompt {
@@ -286,13 +339,39 @@ impl Model {
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(Vec<f32>, ScoreStats)> {
         let mut encoded = Vec::with_capacity(docs.len());
-        for (i, d) in docs.iter().enumerate() {
-            if i % 64 == 63 {
-                check()?;
+        // Tokenize in chunks so that a cancel is seen between them.
+        for chunk in docs.chunks(256) {
+            check()?;
+            let pairs: Vec<(&str, &str)> = chunk.iter().map(|d| (query, *d)).collect();
+            for e in self.encode_many(&pairs, opts.tokenize_threads) {
+                encoded.push(e?);
             }
-            encoded.push(self.encode(query, d)?);
         }
         self.score_encoded(&encoded, opts, check)
+    }
+
+    /// Tokenizes many pairs on up to `threads` threads (scoped: they end before this
+    /// returns, and they only tokenize). Results are in input order.
+    pub fn encode_many(&self, pairs: &[(&str, &str)], threads: usize) -> Vec<Result<Encoded>> {
+        let threads = threads.clamp(1, 16).min(pairs.len().div_ceil(16)).max(1);
+        if threads == 1 {
+            return pairs.iter().map(|(q, d)| self.encode(q, d)).collect();
+        }
+        let chunk = pairs.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = pairs
+                .chunks(chunk)
+                .map(|part| s.spawn(move || part.iter().map(|(q, d)| self.encode(q, d)).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(EngineError::new(ErrorKind::Tokenize, "a tokenizer thread panicked"))]
+                    })
+                })
+                .collect()
+        })
     }
 
     /// Scores already tokenized pairs, batching them by length; order is preserved.
@@ -312,25 +391,30 @@ impl Model {
         };
         for rows in batch::plan(&lengths, opts.limits) {
             check()?;
-            let raw = self.run_batch(encoded, &rows)?;
+            let batch: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
+            let raw = self.run_rows(&batch)?;
             for (&i, r) in rows.iter().zip(raw) {
-                scores[i] = if opts.raw { r } else { sigmoid(r) };
+                scores[i] = finish(r, opts.raw);
             }
             stats.batches += 1;
         }
         Ok((scores, stats))
     }
 
-    /// Runs one padded batch and returns the raw score of each row.
-    fn run_batch(&self, encoded: &[Encoded], rows: &[usize]) -> Result<Vec<f32>> {
+    /// Runs one batch, padded to its longest row, and returns each row's raw score (the
+    /// logit, or for two-label heads the positive-minus-negative logit). Callers that
+    /// gather pairs from several requests batch them with [`batch::plan`] and call this.
+    pub fn run_rows(&self, rows: &[&Encoded]) -> Result<Vec<f32>> {
         let n = rows.len();
-        let width = rows.iter().map(|&i| encoded[i].ids.len()).max().unwrap_or(0).max(1);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let width = rows.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
         let mut ids = vec![self.config.pad_id; n * width];
         let mut mask = vec![0i64; n * width];
         let mut types = vec![0i64; n * width];
         let mut positions = vec![0i64; n * width];
-        for (r, &i) in rows.iter().enumerate() {
-            let e = &encoded[i];
+        for (r, e) in rows.iter().enumerate() {
             let len = e.ids.len();
             let start = match self.config.padding_side {
                 PaddingSide::Right => 0,
@@ -395,6 +479,15 @@ fn inference(e: ort::Error) -> EngineError {
 
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
+}
+
+/// A raw score as the caller asked for it: the logit itself, or its sigmoid.
+pub fn finish(raw_score: f32, raw: bool) -> f32 {
+    if raw {
+        raw_score
+    } else {
+        sigmoid(raw_score)
+    }
 }
 
 /// The first `max` characters of `s`, and whether anything was cut.

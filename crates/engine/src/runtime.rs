@@ -50,3 +50,10 @@ pub fn init(path: &Path) -> Result<&'static Environment> {
     })?;
     Ok(&loaded.env)
 }
+
+/// Whether the loaded ONNX Runtime library was built with the CUDA execution provider
+/// (the onnxruntime-gpu wheel's is; the CPU wheel's is not). Call after [`init`].
+pub fn cuda_available() -> bool {
+    use ort::ep::ExecutionProvider;
+    RUNTIME.get().is_some() && ort::ep::CUDA::is_available().unwrap_or(false)
+}

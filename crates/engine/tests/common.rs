@@ -23,5 +23,5 @@ pub fn ort_lib() -> PathBuf {
 pub fn load(name: &str) -> Model {
     let env = runtime::init(&ort_lib()).expect("ONNX Runtime loads");
     let dir = shared().join("models").join(name);
-    Model::load(env, name, &dir, &SessionOptions { intra_threads: 2 }).expect("model loads")
+    Model::load(env, name, &dir, &SessionOptions { intra_threads: 2, ..Default::default() }).expect("model loads")
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use pg_rerank_engine::{registry, runtime, ErrorKind, Model, SessionOptions};
+use pg_rerank_engine::{registry, runtime, Device, ErrorKind, Model, SessionOptions};
 use std::path::{Path, PathBuf};
 
 fn scratch(name: &str) -> PathBuf {
@@ -153,4 +153,38 @@ fn runtime_missing_library_is_an_error() {
     // A second path after a successful load, or a missing file, is an error, not a panic.
     let err = runtime::init(Path::new("/nonexistent/libonnxruntime.so")).expect_err("missing");
     assert_eq!(err.kind, ErrorKind::Runtime);
+}
+
+#[test]
+fn device_names_parse() {
+    assert_eq!(Device::parse("cpu"), Some(Device::Cpu));
+    assert_eq!(Device::parse(" CUDA "), Some(Device::Cuda(0)));
+    assert_eq!(Device::parse("cuda:3"), Some(Device::Cuda(3)));
+    for bad in ["", "gpu", "cuda:", "cuda:-1", "cuda:x", "cuda0"] {
+        assert_eq!(Device::parse(bad), None, "{bad:?}");
+    }
+    assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+}
+
+/// With an ONNX Runtime built without CUDA (the CPU wheel that CI uses), asking for CUDA
+/// is a `Device` error naming the cause, not a silent CPU session.
+#[test]
+fn cuda_without_cuda_runtime_is_a_device_error() {
+    let env = runtime::init(&common::ort_lib()).expect("runtime");
+    let dir = common::shared().join("models/minilm-debian");
+    let opts = SessionOptions { intra_threads: 1, device: Device::Cuda(0) };
+    match Model::load(env, "minilm-debian", &dir, &opts) {
+        Ok(m) => {
+            // Only an ONNX Runtime with the CUDA provider may get here, and then the
+            // session really is on the GPU.
+            assert!(runtime::cuda_available());
+            assert_eq!(m.device(), Device::Cuda(0));
+        }
+        Err(e) => {
+            assert!(!runtime::cuda_available() || e.kind == ErrorKind::Device);
+            assert_eq!(e.kind, ErrorKind::Device, "{e}");
+            assert!(e.message.contains("CUDA"), "{e}");
+            assert!(e.detail.is_some_and(|d| !d.is_empty()));
+        }
+    }
 }

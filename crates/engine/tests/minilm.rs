@@ -4,7 +4,7 @@
 
 mod common;
 
-use pg_rerank_engine::{BatchLimits, EngineError, ErrorKind, ScoreOptions};
+use pg_rerank_engine::{batch, BatchLimits, EngineError, ErrorKind, ScoreOptions};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -60,7 +60,7 @@ fn minilm_logits_match_reference() {
     let mut pairs = 0;
     for (qid, cands) in reference(10) {
         let docs: Vec<&str> = cands.iter().map(|(d, _)| corpus[d].as_str()).collect();
-        let opts = ScoreOptions { limits: BatchLimits::default(), raw: true };
+        let opts = ScoreOptions { limits: BatchLimits::default(), raw: true, ..Default::default() };
         let (scores, stats) = model.score(&queries[&qid], &docs, opts, &mut || Ok(())).expect("score");
         assert_eq!(stats.pairs, docs.len());
         assert!(stats.batches >= 1);
@@ -83,7 +83,7 @@ fn batching_restores_order() {
     let (qid, cands) = reference(1).remove(0);
     let docs: Vec<&str> = cands.iter().map(|(d, _)| corpus[d].as_str()).collect();
     let one = |limits| {
-        model.score(&queries[&qid], &docs, ScoreOptions { limits, raw: false }, &mut || Ok(())).expect("score")
+        model.score(&queries[&qid], &docs, ScoreOptions { limits, raw: false, ..Default::default() }, &mut || Ok(())).expect("score")
     };
     let (alone, s1) = one(BatchLimits { max_tokens: 1, max_pairs: 1 });
     let (packed, s2) = one(BatchLimits { max_tokens: 2048, max_pairs: 64 });
@@ -120,7 +120,7 @@ fn cancellation_stops_between_batches() {
     let docs: Vec<String> = (0..64).map(|i| format!("document number {i} about packages")).collect();
     let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
     let mut calls = 0;
-    let opts = ScoreOptions { limits: BatchLimits { max_tokens: 64, max_pairs: 4 }, raw: false };
+    let opts = ScoreOptions { limits: BatchLimits { max_tokens: 64, max_pairs: 4 }, raw: false, ..Default::default() };
     let err = model
         .score("packages", &refs, opts, &mut || {
             calls += 1;
@@ -133,4 +133,56 @@ fn cancellation_stops_between_batches() {
         .expect_err("cancelled");
     assert_eq!(err.kind, ErrorKind::Cancelled);
     assert_eq!(calls, 4, "work stopped at the first check that said stop");
+}
+
+#[test]
+fn parallel_tokenization_matches_serial() {
+    let model = common::load("minilm-debian");
+    let corpus = corpus();
+    let queries = queries();
+    let (qid, cands) = reference(1).remove(0);
+    let pairs: Vec<(&str, &str)> = cands.iter().map(|(d, _)| (queries[&qid].as_str(), corpus[d].as_str())).collect();
+    let serial = model.encode_many(&pairs, 1);
+    let parallel = model.encode_many(&pairs, 4);
+    assert_eq!(serial.len(), pairs.len());
+    assert_eq!(parallel.len(), pairs.len());
+    for (a, b) in serial.iter().zip(&parallel) {
+        let (a, b) = (a.as_ref().expect("encode"), b.as_ref().expect("encode"));
+        assert_eq!(a.ids, b.ids);
+        assert_eq!(a.type_ids, b.type_ids);
+    }
+}
+
+/// What the background worker does: pairs of several queries in one length-sorted batch
+/// plan, run with `run_rows`, give each query the scores it gets alone.
+#[test]
+fn pairs_of_several_queries_batched_together() {
+    let model = common::load("minilm-debian");
+    let corpus = corpus();
+    let queries = queries();
+    let requests = reference(3);
+    let mut pairs = Vec::new();
+    for (qid, cands) in &requests {
+        for (d, _) in cands.iter().take(30) {
+            pairs.push((queries[qid].as_str(), corpus[d].as_str()));
+        }
+    }
+    let encoded: Vec<_> = model.encode_many(&pairs, 2).into_iter().map(|e| e.expect("encode")).collect();
+    let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+    let mut together = vec![0f32; pairs.len()];
+    for rows in batch::plan(&lengths, BatchLimits { max_tokens: 4096, max_pairs: 32 }) {
+        let batch: Vec<_> = rows.iter().map(|&i| &encoded[i]).collect();
+        for (&i, s) in rows.iter().zip(model.run_rows(&batch).expect("run")) {
+            together[i] = s;
+        }
+    }
+    for (k, (qid, cands)) in requests.iter().enumerate() {
+        let docs: Vec<&str> = cands.iter().take(30).map(|(d, _)| corpus[d].as_str()).collect();
+        let opts = ScoreOptions { raw: true, ..Default::default() };
+        let (alone, _) = model.score(&queries[qid], &docs, opts, &mut || Ok(())).expect("score");
+        for (i, a) in alone.iter().enumerate() {
+            let t = together[k * 30 + i];
+            assert!((a - t).abs() < 1e-5, "{qid} pair {i}: alone {a}, batched with other queries {t}");
+        }
+    }
 }

@@ -57,7 +57,7 @@ fn check_family(family: &str) -> f32 {
 
     // One pair per batch, then everything in padded batches: both match the reference.
     let mut worst = 0f32;
-    let raw = |limits| ScoreOptions { limits, raw: true };
+    let raw = |limits| ScoreOptions { limits, raw: true, ..Default::default() };
     let single = BatchLimits { max_tokens: 1, max_pairs: 1 };
     let batched = BatchLimits { max_tokens: 4096, max_pairs: 8 };
     for limits in [single, batched] {
