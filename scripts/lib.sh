@@ -57,8 +57,9 @@ model_dir_for_server() {
     fi
 }
 
-# Starts (or reuses) a private cluster in $1 on port $2, with pg_rerank preloaded only if
-# $3 is "preload". Prints nothing; psql connects through PGHOST/PGPORT set by the caller.
+# Starts (or reuses) a private cluster in $1 on port $2 with pg_rerank preloaded, so its
+# background worker serves every connection. Prints nothing; psql connects through
+# PGHOST/PGPORT set by the caller.
 start_cluster() {
     local data="$1" port="$2" sock="$1/sock"
     mkdir -p "$data"
@@ -78,10 +79,15 @@ fsync = off
 pg_rerank.model_dir = '$models'
 pg_rerank.model = 'minilm-debian'
 pg_rerank.onnxruntime = '$ORT_LIB'
+shared_preload_libraries = 'pg_rerank'
+pg_rerank.worker_threads = 2
 CONF
     fi
     if ! as_pg "$PG_BIN/pg_ctl" -D "$data/pgdata" status >/dev/null 2>&1; then
-        as_pg "$PG_BIN/pg_ctl" -D "$data/pgdata" -l "$data/server.log" -w -t 60 start >/dev/null
+        # Errors carry a Rust backtrace in their DETAIL when RUST_BACKTRACE is set: the
+        # server runs without it, as a production server would.
+        as_pg env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE \
+            "$PG_BIN/pg_ctl" -D "$data/pgdata" -l "$data/server.log" -w -t 60 start >/dev/null
     fi
 }
 

@@ -36,6 +36,10 @@ pub fn engine(e: EngineError) -> ErrorReport {
         ErrorKind::Tokenize => (ERRCODE_DATA_EXCEPTION, None),
         ErrorKind::Inference => (ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, None),
         ErrorKind::Cancelled => (ERRCODE_QUERY_CANCELED, None),
+        ErrorKind::Device => (
+            ERRCODE_CONFIG_FILE_ERROR,
+            Some("Install the GPU runtime (README.md, \"GPU\") and set pg_rerank.onnxruntime to its library, set pg_rerank.device = cpu, or set pg_rerank.device_fallback = on; then reload."),
+        ),
     };
     let mut r = report(code, e.message);
     if let Some(d) = e.detail {

@@ -1,7 +1,38 @@
 //! Every setting of pg_rerank, with its default and the trade-off behind it.
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::{CStr, CString};
+
+/// Where a call's pairs are scored.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Execution {
+    /// The background worker when it is running, else this backend.
+    Auto,
+    /// Always this backend, with its own model session.
+    Backend,
+    /// Always the background worker; an error when it is not running.
+    Worker,
+}
+
+static EXECUTION: GucSetting<Execution> = GucSetting::<Execution>::new(Execution::Auto);
+
+/// Device of the worker's sessions: cpu, cuda or cuda:N. Backends always use the CPU.
+static DEVICE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"cpu"));
+
+/// Whether the worker runs a model on the CPU when its CUDA session cannot start.
+static DEVICE_FALLBACK: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// ONNX Runtime threads of the worker's sessions (0: one per CPU core).
+static WORKER_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// How long the worker waits for more requests before it starts a round that is not full.
+static BATCH_WAIT: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+/// Most pairs queued for or running in the worker at once.
+static MAX_QUEUED_PAIRS: GucSetting<i32> = GucSetting::<i32>::new(20000);
+
+/// How long a request waits for room in the worker's queue (or for the worker to start).
+static QUEUE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
 /// Directory holding the models, one subdirectory each. Only a superuser may change it:
 /// it decides which files the server reads. Unset by default.
@@ -95,6 +126,70 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"pg_rerank.execution",
+        c"Where pairs are scored: auto, backend or worker.",
+        c"auto uses the background worker when it is running (shared_preload_libraries) and the calling backend otherwise.",
+        &EXECUTION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_rerank.device",
+        c"Device of the background worker's model sessions: cpu, cuda or cuda:N.",
+        c"CUDA needs the onnxruntime-gpu library in pg_rerank.onnxruntime (README.md, \"GPU\"). Backends always score on the CPU.",
+        &DEVICE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_rerank.device_fallback",
+        c"Whether the worker falls back to the CPU when its CUDA session cannot start.",
+        c"Off: calls fail with the reason until the GPU works.",
+        &DEVICE_FALLBACK,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_rerank.worker_threads",
+        c"ONNX Runtime threads of the background worker (0: one per CPU core).",
+        c"Also the number of threads that tokenize a round of requests.",
+        &WORKER_THREADS,
+        0,
+        256,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_rerank.batch_wait",
+        c"How long the worker gathers requests before it scores a round that is not full.",
+        c"A few milliseconds let concurrent requests share batches.",
+        &BATCH_WAIT,
+        0,
+        1000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_rerank.max_queued_pairs",
+        c"Most pairs waiting for or being scored by the background worker.",
+        c"A request that does not fit waits up to pg_rerank.queue_timeout, then fails. A request larger than this runs only when the queue is empty.",
+        &MAX_QUEUED_PAIRS,
+        1,
+        10_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_rerank.queue_timeout",
+        c"How long a request waits for room in the worker's queue.",
+        c"Then it fails with SQLSTATE 53000. It also bounds the wait for a worker that is restarting.",
+        &QUEUE_TIMEOUT,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     unsafe {
         pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_rerank".as_ptr());
     }
@@ -129,4 +224,36 @@ pub fn batch_limits() -> pg_rerank_engine::BatchLimits {
 
 pub fn max_docs() -> usize {
     MAX_DOCS.get().max(1) as usize
+}
+
+pub fn execution() -> Execution {
+    EXECUTION.get()
+}
+
+/// The device setting as written (parsed by the worker, which reports a bad value).
+pub fn device() -> String {
+    string(&DEVICE).unwrap_or_else(|| "cpu".to_string())
+}
+
+pub fn device_fallback() -> bool {
+    DEVICE_FALLBACK.get()
+}
+
+pub fn worker_threads() -> usize {
+    match WORKER_THREADS.get() {
+        n if n > 0 => n as usize,
+        _ => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    }
+}
+
+pub fn batch_wait_ms() -> i64 {
+    i64::from(BATCH_WAIT.get().max(0))
+}
+
+pub fn max_queued_pairs() -> u64 {
+    MAX_QUEUED_PAIRS.get().max(1) as u64
+}
+
+pub fn queue_timeout_ms() -> i64 {
+    i64::from(QUEUE_TIMEOUT.get().max(0))
 }

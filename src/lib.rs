@@ -1,13 +1,19 @@
 //! pg_rerank: the PostgreSQL glue around `pg_rerank_engine`. SQL functions live in
 //! `api`, settings in `guc`, the per-backend model cache in `models`, and the mapping of
-//! engine errors to SQLSTATEs in `error`.
+//! engine errors to SQLSTATEs in `error`. With shared_preload_libraries, `worker` runs
+//! the shared model sessions; backends reach it through `client`, the slots in `shmem`
+//! and the segment layout in `wire`.
 
 use pgrx::prelude::*;
 
 mod api;
+mod client;
 mod error;
 mod guc;
 mod models;
+mod shmem;
+mod wire;
+mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
@@ -19,6 +25,11 @@ compile_error!("pg_rerank must be built with panic = \"unwind\": pgrx turns Post
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    // The worker and its shared memory exist only when the library is preloaded.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        shmem::install_hooks();
+        worker::register();
+    }
 }
 
 #[cfg(test)]

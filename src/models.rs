@@ -47,7 +47,7 @@ pub fn get(name: &str) -> SqlResult<Arc<Model>> {
         return Ok(Arc::clone(m));
     }
     let env = runtime::init(Path::new(&guc::onnxruntime().unwrap_or_default())).map_err(engine)?;
-    let model = Arc::new(Model::load(env, name, &dir, &SessionOptions { intra_threads: key.threads }).map_err(engine)?);
+    let model = Arc::new(Model::load(env, name, &dir, &SessionOptions { intra_threads: key.threads, ..Default::default() }).map_err(engine)?);
     let mut guard = LOADED.lock();
     let cache = guard.get_or_insert_with(HashMap::new);
     // One session per model directory: a new thread count replaces the old session.

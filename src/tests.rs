@@ -114,4 +114,51 @@ mod tests {
     fn unknown_model_is_an_error() {
         Spi::run("SELECT * FROM rerank('q', ARRAY['a'], model => 'no-such-model')").expect("fails");
     }
+
+    fn show(name: &str) -> String {
+        Spi::get_one::<String>(&format!("SHOW {name}")).expect("spi").expect("not null")
+    }
+
+    #[pg_test]
+    fn worker_settings_defaults() {
+        assert_eq!(show("pg_rerank.execution"), "auto");
+        assert_eq!(show("pg_rerank.device"), "cpu");
+        assert_eq!(show("pg_rerank.device_fallback"), "off");
+        assert_eq!(show("pg_rerank.worker_threads"), "0");
+        assert_eq!(show("pg_rerank.batch_wait"), "2ms");
+        assert_eq!(show("pg_rerank.max_queued_pairs"), "20000");
+        assert_eq!(show("pg_rerank.queue_timeout"), "10s");
+        Spi::run("SET pg_rerank.execution = backend").expect("set");
+        Spi::run("SET pg_rerank.queue_timeout = '250ms'").expect("set");
+        assert_eq!(show("pg_rerank.queue_timeout"), "250ms");
+    }
+
+    /// This test server does not preload pg_rerank: auto scores in the backend, the
+    /// worker reports itself absent, and the statistics view is empty.
+    #[pg_test]
+    fn without_preload_auto_runs_in_the_backend() {
+        let state = Spi::get_one::<String>("SELECT state FROM pg_rerank_worker()").expect("spi");
+        assert_eq!(state.as_deref(), Some("not preloaded"));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM pg_rerank_stats").expect("spi"), Some(0));
+        let auto = rows("SELECT idx, score FROM rerank('chess', ARRAY['GNU Chess', 'zlib'])");
+        Spi::run("SET pg_rerank.execution = backend").expect("set");
+        let backend = rows("SELECT idx, score FROM rerank('chess', ARRAY['GNU Chess', 'zlib'])");
+        assert_eq!(auto, backend);
+    }
+
+    #[pg_test(error = "the pg_rerank background worker is not available")]
+    fn worker_execution_needs_preload() {
+        Spi::run("SET pg_rerank.execution = worker").expect("set");
+        Spi::run("SELECT * FROM rerank('q', ARRAY['a'])").expect("fails");
+    }
+
+    #[pg_test(error = "invalid value for parameter \"pg_rerank.execution\": \"gpu\"")]
+    fn execution_values_are_checked() {
+        Spi::run("SET pg_rerank.execution = gpu").expect("fails");
+    }
+
+    #[pg_test(error = "parameter \"pg_rerank.device\" cannot be changed now")]
+    fn device_is_a_server_setting() {
+        Spi::run("SET pg_rerank.device = 'cuda'").expect("fails");
+    }
 }

@@ -2,18 +2,36 @@
 
 mod catalog;
 mod rerank;
+mod stats;
 mod topk;
 
 use crate::error::{engine, report, SqlResult};
-use crate::{guc, models};
-use pg_rerank_engine::{Model, ScoreOptions};
+use crate::guc::{self, Execution};
+use crate::{client, models};
+use pg_rerank_engine::ScoreOptions;
 use pgrx::PgSqlErrorCode;
 
-/// Scores `docs` against `query` with `model`, checking for query cancel and
-/// statement_timeout between batches. Runs on the backend's own thread: ONNX Runtime's
-/// threads only compute, they never call into Postgres.
-pub(crate) fn score(model: &Model, query: &str, docs: &[&str], raw: bool) -> SqlResult<Vec<f32>> {
-    let opts = ScoreOptions { limits: guc::batch_limits(), raw };
+/// Scores `docs` against `query` with `model` (None: pg_rerank.model), in the background
+/// worker or in this backend as pg_rerank.execution says. Both check for query cancel and
+/// statement_timeout while they work.
+pub(crate) fn score(model: Option<&str>, query: &str, docs: &[&str], raw: bool) -> SqlResult<Vec<f32>> {
+    let name = models::model_name(model)?;
+    let in_worker = match guc::execution() {
+        Execution::Backend => false,
+        Execution::Worker => true,
+        Execution::Auto => client::worker_available(),
+    };
+    if in_worker {
+        return Ok(client::score(&name, query, docs, raw)?.0);
+    }
+    score_here(&name, query, docs, raw)
+}
+
+/// Scores in this backend, on its own thread: ONNX Runtime's and the tokenizer's threads
+/// only compute, they never call into Postgres.
+fn score_here(name: &str, query: &str, docs: &[&str], raw: bool) -> SqlResult<Vec<f32>> {
+    let model = models::get(name)?;
+    let opts = ScoreOptions { limits: guc::batch_limits(), raw, tokenize_threads: guc::threads() };
     let (scores, _stats) = model
         .score(query, docs, opts, &mut || {
             pgrx::check_for_interrupts!();
@@ -21,10 +39,6 @@ pub(crate) fn score(model: &Model, query: &str, docs: &[&str], raw: bool) -> Sql
         })
         .map_err(engine)?;
     Ok(scores)
-}
-
-pub(crate) fn load(model: Option<&str>) -> SqlResult<std::sync::Arc<Model>> {
-    models::get(&models::model_name(model)?)
 }
 
 pub(crate) fn check_doc_count(n: usize) -> SqlResult<()> {

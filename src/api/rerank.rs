@@ -1,6 +1,6 @@
 //! `rerank(query, docs[])` and `rerank_score(query, doc)`.
 
-use super::{check_doc_count, load, null_query, rank, score};
+use super::{check_doc_count, null_query, rank, score};
 use crate::error::report;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -33,8 +33,7 @@ fn rerank(
     if texts.is_empty() {
         return Ok(TableIterator::new(Vec::new()));
     }
-    let model = load(model)?;
-    let scores = score(&model, query, &texts, raw.unwrap_or(false))?;
+    let scores = score(model, query, &texts, raw.unwrap_or(false))?;
     let mut rows: Vec<(i32, f32)> = rank(&scores).into_iter().map(|(i, s)| (positions[i], s)).collect();
     if let Some(n) = top_n {
         rows.truncate(n as usize);
@@ -51,6 +50,5 @@ fn rerank_score(
     raw: default!(Option<bool>, "false"),
 ) -> Result<Option<f32>, ErrorReport> {
     let (Some(query), Some(doc)) = (query, doc) else { return Ok(None) };
-    let model = load(model)?;
-    Ok(score(&model, query, &[doc], raw.unwrap_or(false))?.first().copied())
+    Ok(score(model, query, &[doc], raw.unwrap_or(false))?.first().copied())
 }

@@ -4,7 +4,7 @@
 //! one transition state (same transition function, same arguments), so the model runs
 //! once for both.
 
-use super::{check_doc_count, load, null_query, rank, score};
+use super::{check_doc_count, null_query, rank, score};
 use crate::error::{raise, report};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -139,9 +139,8 @@ fn best<'a>(
         return Ok(None);
     }
     if st.ranked.is_none() {
-        let model = load(None)?;
         let docs: Vec<&str> = st.docs.iter().map(String::as_str).collect();
-        let mut ranked = rank(&score(&model, &st.query, &docs, false)?);
+        let mut ranked = rank(&score(None, &st.query, &docs, false)?);
         ranked.truncate(st.k as usize);
         st.ranked = Some(ranked);
     }

