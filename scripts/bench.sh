@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): starts a private cluster with pg_rerank preloaded, loads the
-# shared corpus, and runs the benchmark named by $1 (concurrency). Results go to
-# benches/results/, plots to docs/img/.
+# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head). Results
+# go to benches/results/, plots to docs/img/. Run nothing else meanwhile: the figures are
+# ratios measured in one run, but a busy machine still skews them.
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
 bash scripts/setup.sh
-.venv/bin/pip install -q 'matplotlib==3.9.*'
+.venv/bin/pip install -q 'matplotlib==3.9.*' "onnxruntime==$ORT_VERSION" 'onnx==1.*' 'sympy==1.*' 'tokenizers==0.*'
 STATE="$(state_dir)"
 CLUSTER="$STATE/bench-cluster"
 PORT="${PG_RERANK_BENCH_PORT:-54332}"
@@ -20,6 +21,13 @@ case "${1:-concurrency}" in
         .venv/bin/python benches/concurrency.py "host=127.0.0.1 port=$PORT user=postgres dbname=bench" \
             "$SHARED/data/debian/corpus.jsonl" benches/results/concurrency.json docs/img/concurrency.png \
             "${PG_RERANK_BENCH_SECONDS:-10}"
+        ;;
+    head_to_head)
+        cargo build --release -q -p pg_rerank_engine --example bench_engine
+        ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/head_to_head.py "$SHARED" \
+            "host=127.0.0.1 port=$PORT user=postgres dbname=bench" target/release/examples/bench_engine \
+            benches/results/head_to_head.json docs/img/head_to_head.png \
+            "${PG_RERANK_BENCH_QUERIES:-5}" "${PG_RERANK_BENCH_REPEAT:-1}"
         ;;
     *) echo "unknown benchmark: $1" >&2; exit 2 ;;
 esac

@@ -38,7 +38,7 @@ pub fn engine(e: EngineError) -> ErrorReport {
         ErrorKind::Cancelled => (ERRCODE_QUERY_CANCELED, None),
         ErrorKind::Device => (
             ERRCODE_CONFIG_FILE_ERROR,
-            Some("Install the GPU runtime (README.md, \"GPU\") and set pg_rerank.onnxruntime to its library, set pg_rerank.device = cpu, or set pg_rerank.device_fallback = on; then reload."),
+            Some("Set pg_rerank.device = cpu or pg_rerank.device_fallback = on and reload, or install the GPU runtime (README.md, \"GPU\"), point pg_rerank.onnxruntime at it and restart."),
         ),
     };
     let mut r = report(code, e.message);

@@ -7,10 +7,13 @@ use std::ffi::{CStr, CString};
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Execution {
     /// The background worker when it is running, else this backend.
+    #[name = c"auto"]
     Auto,
     /// Always this backend, with its own model session.
+    #[name = c"backend"]
     Backend,
     /// Always the background worker; an error when it is not running.
+    #[name = c"worker"]
     Worker,
 }
 

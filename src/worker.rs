@@ -165,7 +165,7 @@ impl Worker {
             EngineError::new(ErrorKind::Device, format!("invalid pg_rerank.device \"{}\"", guc::device()))
                 .with_detail("Valid values are cpu, cuda and cuda:N.")
         })?;
-        Ok(SessionOptions { intra_threads: guc::worker_threads(), device })
+        Ok(SessionOptions { intra_threads: guc::worker_threads(), device, ..Default::default() })
     }
 
     /// Loads the default model so the first call does not wait for it.

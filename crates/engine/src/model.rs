@@ -47,11 +47,14 @@ pub struct SessionOptions {
     /// Threads ONNX Runtime may use inside one inference (intra-op).
     pub intra_threads: usize,
     pub device: Device,
+    /// The graph file inside the model directory (`model.onnx`; `model_int8.onnx` for a
+    /// quantized variant beside it).
+    pub onnx_file: String,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { intra_threads: 1, device: Device::Cpu }
+        Self { intra_threads: 1, device: Device::Cpu, onnx_file: "model.onnx".to_string() }
     }
 }
 
@@ -135,7 +138,7 @@ impl Model {
             return Err(EngineError::new(ErrorKind::ModelNotFound, format!("model \"{name}\" does not exist"))
                 .with_detail(format!("no directory \"{}\"", dir.display())));
         }
-        let onnx = dir.join("model.onnx");
+        let onnx = dir.join(&opts.onnx_file);
         let tok_path = dir.join("tokenizer.json");
         for f in [&onnx, &tok_path] {
             if !f.is_file() {

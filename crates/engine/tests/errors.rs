@@ -172,7 +172,7 @@ fn device_names_parse() {
 fn cuda_without_cuda_runtime_is_a_device_error() {
     let env = runtime::init(&common::ort_lib()).expect("runtime");
     let dir = common::shared().join("models/minilm-debian");
-    let opts = SessionOptions { intra_threads: 1, device: Device::Cuda(0) };
+    let opts = SessionOptions { intra_threads: 1, device: Device::Cuda(0), ..Default::default() };
     match Model::load(env, "minilm-debian", &dir, &opts) {
         Ok(m) => {
             // Only an ONNX Runtime with the CUDA provider may get here, and then the
