@@ -48,9 +48,8 @@ struct Taken {
 /// Requests this process holds, for the exit callback to fail them.
 static IN_FLIGHT: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
 
-struct Loaded {
-    model: Result<Arc<Model>, (EngineError, Instant)>,
-}
+/// A loaded model, or why it failed to load and when.
+type Loaded = Result<Arc<Model>, (EngineError, Instant)>;
 
 struct Worker {
     shared: &'static Shared,
@@ -195,7 +194,7 @@ impl Worker {
     fn model(&mut self, root: &str, name: &str) -> Result<Arc<Model>, EngineError> {
         let key = (root.to_string(), name.to_string());
         if let Some(l) = self.models.get(&key) {
-            match &l.model {
+            match l {
                 Ok(m) => return Ok(Arc::clone(m)),
                 Err((e, at)) if at.elapsed() < RETRY_LOAD => return Err(e.clone()),
                 Err(_) => {}
@@ -210,16 +209,17 @@ impl Worker {
                     st.loads.fetch_add(1, Ordering::Relaxed);
                     st.device.store(device_code(m.device()), Ordering::Relaxed);
                 }
-                if m.device() == Device::Cpu && matches!(Self::options().map(|o| o.device), Ok(Device::Cuda(_))) {
-                    // fallback: status already says why
-                } else {
+                // After a fallback to the CPU, the status keeps saying why.
+                let fell_back =
+                    m.device() == Device::Cpu && matches!(Self::options().map(|o| o.device), Ok(Device::Cuda(_)));
+                if !fell_back {
                     self.shared.set_status("");
                 }
             }
             Err(e) => self.shared.set_status(&format!("model \"{name}\": {e}")),
         }
         let model = result.map_err(|e| (e, Instant::now()));
-        self.models.insert(key, Loaded { model: model.clone() });
+        self.models.insert(key, model.clone());
         model.map_err(|(e, _)| e)
     }
 
