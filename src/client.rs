@@ -46,15 +46,7 @@ fn clip(s: &str) -> &str {
 /// Waits on this backend's latch for up to `ms`, then handles interrupts (which may raise
 /// an error and unwind through the caller's guard).
 fn wait(ms: i64) {
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            ms.max(1) as _,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
+    shmem::wait_latch(ms);
     pgrx::check_for_interrupts!();
 }
 

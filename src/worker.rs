@@ -95,7 +95,7 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
         }
         let mut round = w.take();
         if round.is_empty() {
-            wait_latch(1000);
+            shmem::wait_latch(1000);
             continue;
         }
         let wait_ms = guc::batch_wait_ms();
@@ -108,25 +108,13 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
                 if pairs >= max_pairs || left_ms <= 0 {
                     break;
                 }
-                wait_latch(left_ms);
+                shmem::wait_latch(left_ms);
                 round.extend(w.take());
             }
         }
         w.serve(round);
     }
     unsafe { pg_sys::proc_exit(1) };
-}
-
-fn wait_latch(ms: i64) {
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            ms.max(1) as _,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
 }
 
 /// Fails the requests this worker holds, frees the ones withdrawn, and says it is gone.
