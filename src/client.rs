@@ -160,8 +160,8 @@ pub fn score(model: &str, query: &str, docs: &[&str], raw: bool) -> SqlResult<(V
         match slot.state.load(Ordering::Acquire) {
             DONE => break,
             state => {
-                // A worker that exits fails its running requests itself before it clears
-                // its pid; this catches one that could not, and a queue nobody serves.
+                // A worker that exits clears its pid and wakes us; a queued request waits
+                // for the next worker up to queue_timeout.
                 if state == RUNNING && !sh.worker_running() {
                     return Err(worker_gone());
                 }
@@ -188,7 +188,7 @@ pub fn score(model: &str, query: &str, docs: &[&str], raw: bool) -> SqlResult<(V
     result.map_err(engine)
 }
 
-pub fn worker_gone() -> pgrx::pg_sys::panic::ErrorReport {
+fn worker_gone() -> pgrx::pg_sys::panic::ErrorReport {
     report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, "the pg_rerank background worker exited before it finished this request")
         .set_hint("The postmaster restarts it; retry the call. The server log tells why it exited.")
 }

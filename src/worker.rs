@@ -45,8 +45,8 @@ struct Taken {
     taken_us: i64,
 }
 
-/// Requests this process holds, for the exit callback to fail them.
-static IN_FLIGHT: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
+/// Slots of the requests this process holds, for the exit callback.
+static IN_FLIGHT: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 /// A loaded model, or why it failed to load and when.
 type Loaded = Result<Arc<Model>, (EngineError, Instant)>;
@@ -117,19 +117,18 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// Fails the requests this worker holds, frees the ones withdrawn, and says it is gone.
+/// Says the worker is gone, then wakes the backends waiting on the requests it held:
+/// they see it gone and fail with `client::worker_gone` (58000), and the next worker frees
+/// their slots.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     let Some(sh) = shmem::get() else { return };
-    let gone = EngineError::new(ErrorKind::Inference, "the pg_rerank background worker exited before it finished this request")
-        .with_detail("The postmaster restarts it; retry the call. The server log tells why it exited.");
-    for (slot, ptr, len) in IN_FLIGHT.lock().drain(..) {
-        let buf = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) };
-        finish_request(sh, slot, buf, Err(&gone));
-    }
     sh.worker_state.store(shmem::W_STOPPED, Ordering::Release);
     sh.worker_procno.store(-1, Ordering::Release);
     sh.worker_pid.store(0, Ordering::Release);
+    for slot in IN_FLIGHT.lock().drain(..) {
+        shmem::wake(sh.slots[slot].procno.load(Ordering::Acquire));
+    }
 }
 
 /// Answers a request and hands its slot back (or frees it, if it was withdrawn).
@@ -229,7 +228,7 @@ impl Worker {
             }
             let len = unsafe { pg_sys::dsm_segment_map_length(seg) };
             let buf = unsafe { std::slice::from_raw_parts_mut(pg_sys::dsm_segment_address(seg).cast::<u8>(), len) };
-            IN_FLIGHT.lock().push((i, buf.as_mut_ptr() as usize, len));
+            IN_FLIGHT.lock().push(i);
             out.push(Taken {
                 slot: i,
                 seg,
@@ -299,7 +298,7 @@ impl Worker {
             for &(i, s) in &writes[k] {
                 wire::put_score(buf, i, s);
             }
-            IN_FLIGHT.lock().retain(|&(s, _, _)| s != slot);
+            IN_FLIGHT.lock().retain(|&s| s != slot);
             match outcome[k].take() {
                 Some(Ok(st)) => finish_request(self.shared, slot, buf, Ok(&st)),
                 Some(Err(e)) => finish_request(self.shared, slot, buf, Err(&e)),
