@@ -5,6 +5,12 @@
 //!
 //! cargo run --release -p pg_rerank_engine --example bench_engine -- \
 //!     SHARED ONNX_FILE THREADS QUERIES REPEAT
+//!
+//! Bulk mode scores the pairs of a JSON-lines file (`["query", "doc"]` per line) with
+//! `score_pairs`, CHUNK pairs per call as `rerank_pairs` gets them from SQL, and prints
+//! pairs/s:
+//!
+//!     ... bench_engine SHARED ONNX_FILE THREADS --pairs FILE CHUNK
 
 use pg_rerank_engine::{runtime, Model, ScoreOptions, SessionOptions};
 use std::collections::HashMap;
@@ -21,9 +27,16 @@ fn main() {
     let shared = PathBuf::from(&args[1]);
     let file = args[2].clone();
     let threads: usize = args[3].parse().expect("threads");
+    let ort = std::env::var("ORT_DYLIB_PATH").unwrap_or("/usr/local/lib/onnxruntime/libonnxruntime.so.1.32.0".into());
+    let env = runtime::init(std::path::Path::new(&ort)).expect("ONNX Runtime");
+    let opts = SessionOptions { intra_threads: threads, onnx_file: file.clone(), ..Default::default() };
+    let model = Model::load(env, "minilm-debian", &shared.join("models/minilm-debian"), &opts).expect("model");
+    let score_opts = ScoreOptions { raw: true, tokenize_threads: threads, ..Default::default() };
+    if args[4] == "--pairs" {
+        return bulk(&model, score_opts, &args[5], args[6].parse().expect("chunk"));
+    }
     let queries: usize = args[4].parse().expect("queries");
     let repeat: usize = args[5].parse().expect("repeat");
-    let ort = std::env::var("ORT_DYLIB_PATH").unwrap_or("/usr/local/lib/onnxruntime/libonnxruntime.so.1.32.0".into());
 
     let data = shared.join("data/debian");
     let text = |line: &str, key: &str| -> String {
@@ -57,10 +70,6 @@ fn main() {
         })
         .collect();
 
-    let env = runtime::init(std::path::Path::new(&ort)).expect("ONNX Runtime");
-    let opts = SessionOptions { intra_threads: threads, onnx_file: file.clone(), ..Default::default() };
-    let model = Model::load(env, "minilm-debian", &shared.join("models/minilm-debian"), &opts).expect("model");
-    let score_opts = ScoreOptions { raw: true, tokenize_threads: threads, ..Default::default() };
     let (mut total, mut tok, mut inf) = (Vec::new(), Vec::new(), Vec::new());
     let mut tokens = 0usize;
     let mut pairs = 0usize;
@@ -91,6 +100,29 @@ fn main() {
             "median_ms": median(&mut total), "tokenize_median_ms": median(&mut tok),
             "inference_median_ms": median(&mut inf), "pairs_per_s": pairs as f64 / wall,
             "tokens_per_pair": tokens as f64 / pairs as f64,
+        })
+    );
+}
+
+fn bulk(model: &Model, opts: ScoreOptions, path: &str, chunk: usize) {
+    let pairs: Vec<(String, String)> = std::fs::read_to_string(path)
+        .expect("pairs file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("[query, doc]"))
+        .collect();
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(q, d)| (q.as_str(), d.as_str())).collect();
+    let started = Instant::now();
+    let mut tokens = 0;
+    for part in refs.chunks(chunk) {
+        let (_, st) = model.score_pairs(part, opts, &mut || Ok(())).expect("score");
+        tokens += st.tokens;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "system": "pg_rerank engine (bulk)", "pairs": refs.len(), "seconds": wall,
+            "pairs_per_s": refs.len() as f64 / wall, "tokens_per_pair": tokens as f64 / refs.len() as f64,
         })
     );
 }

@@ -341,12 +341,23 @@ impl Model {
         opts: ScoreOptions,
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(Vec<f32>, ScoreStats)> {
-        let mut encoded = Vec::with_capacity(docs.len());
+        let pairs: Vec<(&str, &str)> = docs.iter().map(|d| (query, *d)).collect();
+        self.score_pairs(&pairs, opts, check)
+    }
+
+    /// Scores (query, document) pairs, any number of queries mixed; the result is in the
+    /// order of `pairs`. Pairs of all queries are batched together by length.
+    pub fn score_pairs(
+        &self,
+        pairs: &[(&str, &str)],
+        opts: ScoreOptions,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<(Vec<f32>, ScoreStats)> {
+        let mut encoded = Vec::with_capacity(pairs.len());
         // Tokenize in chunks so that a cancel is seen between them.
-        for chunk in docs.chunks(256) {
+        for chunk in pairs.chunks(256) {
             check()?;
-            let pairs: Vec<(&str, &str)> = chunk.iter().map(|d| (query, *d)).collect();
-            for e in self.encode_many(&pairs, opts.tokenize_threads) {
+            for e in self.encode_many(chunk, opts.tokenize_threads) {
                 encoded.push(e?);
             }
         }

@@ -1,7 +1,9 @@
 //! Model names and where they live: a model is a subdirectory of the model directory
 //! (nested names such as `tiny/bert` included) holding `model.onnx` and `tokenizer.json`.
-//! Nothing outside the model directory can be reached by name: no absolute paths, no
-//! `..`, and symbolic links that lead outside are refused.
+//! A variant of the same model in the same directory, such as a quantized graph
+//! `model_int8.onnx`, is named with a suffix: `minilm-debian:int8`. Nothing outside the
+//! model directory can be reached by name: no absolute paths, no `..`, and symbolic links
+//! that lead outside are refused.
 
 use crate::error::{EngineError, ErrorKind, Result};
 use std::path::{Component, Path, PathBuf};
@@ -15,8 +17,33 @@ fn invalid(name: &str, why: &str) -> EngineError {
     EngineError::new(ErrorKind::InvalidName, format!("invalid model name \"{name}\"")).with_detail(why.to_string())
 }
 
+/// Where a model's files are: its directory and the ONNX graph in it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    pub dir: PathBuf,
+    /// `model.onnx`, or `model_<variant>.onnx` for `name:variant`.
+    pub onnx_file: String,
+}
+
+/// The ONNX file of a variant (None: the plain model).
+pub fn onnx_file(variant: Option<&str>) -> String {
+    match variant {
+        Some(v) => format!("model_{v}.onnx"),
+        None => "model.onnx".to_string(),
+    }
+}
+
+/// Splits `path:variant` into its parts.
+pub fn split_variant(name: &str) -> (&str, Option<&str>) {
+    match name.split_once(':') {
+        Some((path, variant)) => (path, Some(variant)),
+        None => (name, None),
+    }
+}
+
 /// Checks a model name: `/`-separated parts of letters, digits, `.`, `_` and `-`, none of
-/// them empty, `.` or `..`, none starting with a dot.
+/// them empty, `.` or `..`, none starting with a dot; then optionally `:` and a variant of
+/// letters, digits, `_` and `-`.
 pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(invalid(name, "the name is empty"));
@@ -24,7 +51,13 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
         return Err(invalid(name, "the name is too long"));
     }
-    for part in name.split('/') {
+    let (path, variant) = split_variant(name);
+    if let Some(v) = variant {
+        if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')) {
+            return Err(invalid(name, "a variant after ':' holds only letters, digits, '_' and '-'"));
+        }
+    }
+    for part in path.split('/') {
         if part.is_empty() || part.starts_with('.') {
             return Err(invalid(name, "each part of a name must be non-empty and not start with a dot"));
         }
@@ -35,15 +68,16 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The directory of model `name` under `root`, refusing anything that resolves outside
-/// `root`.
-pub fn resolve(root: &Path, name: &str) -> Result<PathBuf> {
+/// The directory and ONNX file of model `name` under `root`, refusing anything that
+/// resolves outside `root`. Whether the file exists is checked when the model loads.
+pub fn resolve(root: &Path, name: &str) -> Result<Location> {
     validate_name(name)?;
+    let (path, variant) = split_variant(name);
     let root = root.canonicalize().map_err(|e| {
         EngineError::new(ErrorKind::ModelNotFound, format!("model directory \"{}\" is not accessible", root.display()))
             .with_detail(e.to_string())
     })?;
-    let candidate = root.join(name);
+    let candidate = root.join(path);
     if candidate.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(invalid(name, "\"..\" is not allowed"));
     }
@@ -58,11 +92,12 @@ pub fn resolve(root: &Path, name: &str) -> Result<PathBuf> {
         return Err(EngineError::new(ErrorKind::ModelNotFound, format!("model \"{name}\" does not exist"))
             .with_detail(format!("\"{}\" is not a directory", real.display())));
     }
-    Ok(real)
+    Ok(Location { dir: real, onnx_file: onnx_file(variant) })
 }
 
-/// Every model below `root` (directories holding `model.onnx`), sorted by name.
-pub fn list(root: &Path) -> Vec<(String, PathBuf)> {
+/// Every model below `root` (directories holding `model.onnx`) and its variants (each
+/// `model_<variant>.onnx` beside it), sorted by name.
+pub fn list(root: &Path) -> Vec<(String, Location)> {
     let mut found = Vec::new();
     let Ok(root) = root.canonicalize() else { return found };
     walk(&root, &root, 0, &mut found);
@@ -70,12 +105,19 @@ pub fn list(root: &Path) -> Vec<(String, PathBuf)> {
     found
 }
 
-fn walk(root: &Path, dir: &Path, depth: usize, found: &mut Vec<(String, PathBuf)>) {
+fn walk(root: &Path, dir: &Path, depth: usize, found: &mut Vec<(String, Location)>) {
     if dir.join("model.onnx").is_file() {
         if let Ok(rel) = dir.strip_prefix(root) {
-            let name = rel.to_string_lossy().into_owned();
-            if validate_name(&name).is_ok() {
-                found.push((name, dir.to_path_buf()));
+            let base = rel.to_string_lossy().into_owned();
+            let variants = std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| {
+                let file = e.file_name().to_string_lossy().into_owned();
+                let v = file.strip_prefix("model_")?.strip_suffix(".onnx")?.to_string();
+                Some((format!("{base}:{v}"), file))
+            });
+            for (name, onnx_file) in std::iter::once((base.clone(), onnx_file(None))).chain(variants) {
+                if validate_name(&name).is_ok() {
+                    found.push((name, Location { dir: dir.to_path_buf(), onnx_file }));
+                }
             }
         }
     }
@@ -102,12 +144,15 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["minilm", "tiny/bert", "a.b-c_d", "x/y/z"] {
+        for ok in ["minilm", "tiny/bert", "a.b-c_d", "x/y/z", "minilm:int8", "x/y:O2_avx-512"] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "..", "../etc", "/abs", "a//b", "a/../b", ".hidden", "a b", "a\\b", "tiny/"] {
+        for bad in ["", "..", "../etc", "/abs", "a//b", "a/../b", ".hidden", "a b", "a\\b", "tiny/", "m:", "m:a:b", "m:../x", ":int8", "m:a.b"] {
             let e = validate_name(bad).expect_err(bad);
             assert_eq!(e.kind, ErrorKind::InvalidName, "{bad}");
         }
+        assert_eq!(split_variant("tiny/bert:int8"), ("tiny/bert", Some("int8")));
+        assert_eq!(onnx_file(Some("int8")), "model_int8.onnx");
+        assert_eq!(onnx_file(None), "model.onnx");
     }
 }

@@ -1,7 +1,7 @@
 //! Paths shared by the engine's integration tests.
 #![allow(dead_code)]
 
-use pg_rerank_engine::{runtime, Model, SessionOptions};
+use pg_rerank_engine::{registry, runtime, Model, SessionOptions};
 use std::path::PathBuf;
 
 /// `../shared` beside the checkout, or `PG_RERANK_SHARED`.
@@ -20,8 +20,10 @@ pub fn ort_lib() -> PathBuf {
     }
 }
 
+/// Loads a shared model by name (variants such as `minilm-debian:int8` included).
 pub fn load(name: &str) -> Model {
     let env = runtime::init(&ort_lib()).expect("ONNX Runtime loads");
-    let dir = shared().join("models").join(name);
-    Model::load(env, name, &dir, &SessionOptions { intra_threads: 2, ..Default::default() }).expect("model loads")
+    let at = registry::resolve(&shared().join("models"), name).expect("model exists");
+    let opts = SessionOptions { intra_threads: 2, onnx_file: at.onnx_file, ..Default::default() };
+    Model::load(env, name, &at.dir, &opts).expect("model loads")
 }

@@ -137,9 +137,21 @@ fn registry_resolves_inside_root_only() {
     assert_eq!(registry::resolve(&root, "../data").expect_err("..").kind, ErrorKind::InvalidName);
     assert_eq!(registry::resolve(&root, "nope").expect_err("missing").kind, ErrorKind::ModelNotFound);
     let names: Vec<String> = registry::list(&root).into_iter().map(|(n, _)| n).collect();
-    for want in ["minilm-debian", "tiny/bert", "tiny/xlm-roberta", "tiny/deberta-v2", "tiny/modernbert"] {
+    for want in ["minilm-debian", "minilm-debian:int8", "tiny/bert", "tiny/xlm-roberta", "tiny/deberta-v2", "tiny/modernbert"] {
         assert!(names.iter().any(|n| n == want), "{want} listed in {names:?}");
     }
+    // A variant is a second ONNX graph in the same directory.
+    let plain = registry::resolve(&root, "minilm-debian").expect("plain");
+    let int8 = registry::resolve(&root, "minilm-debian:int8").expect("variant");
+    assert_eq!((plain.dir.clone(), plain.onnx_file.as_str()), (int8.dir.clone(), "model.onnx"));
+    assert_eq!(int8.onnx_file, "model_int8.onnx");
+    // A variant whose file is missing fails to load with the file named.
+    let missing = registry::resolve(&root, "tiny/bert:fp16").expect("resolves");
+    let opts = SessionOptions { onnx_file: missing.onnx_file, ..Default::default() };
+    let env = runtime::init(&common::ort_lib()).expect("runtime");
+    let err = Model::load(env, "tiny/bert:fp16", &missing.dir, &opts).expect_err("no such file");
+    assert_eq!(err.kind, ErrorKind::MissingFile);
+    assert!(err.message.contains("model_fp16.onnx"), "{}", err.message);
     // A symbolic link out of the root is refused.
     let dir = scratch("links");
     std::os::unix::fs::symlink(common::shared().join("models/tiny/bert"), dir.join("inside")).expect("symlink");

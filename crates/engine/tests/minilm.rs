@@ -75,6 +75,73 @@ fn minilm_logits_match_reference() {
     eprintln!("minilm-debian: {pairs} pairs, max |logit - reference| = {worst:.2e}");
 }
 
+fn qrels() -> HashMap<String, Vec<String>> {
+    let path = common::shared().join("data/debian/qrels_dev.tsv");
+    let mut rel: HashMap<String, Vec<String>> = HashMap::new();
+    for line in std::fs::read_to_string(path).expect("qrels readable").lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 3 && f[2] != "0" {
+            rel.entry(f[0].to_string()).or_default().push(f[1].to_string());
+        }
+    }
+    rel
+}
+
+/// NDCG@10 with binary relevance; ties keep the first-stage order.
+fn ndcg10(ranked: &[&str], relevant: &[String]) -> f64 {
+    let dcg: f64 = ranked
+        .iter()
+        .take(10)
+        .enumerate()
+        .filter(|(_, d)| relevant.iter().any(|r| r == *d))
+        .map(|(i, _)| 1.0 / ((i + 2) as f64).log2())
+        .sum();
+    let idcg: f64 = (0..relevant.len().min(10)).map(|i| 1.0 / ((i + 2) as f64).log2()).sum();
+    if idcg > 0.0 { dcg / idcg } else { 0.0 }
+}
+
+/// Mean NDCG@10 over the 50 reference queries after reranking with `scores(qid, docs)`.
+fn mean_ndcg(mut scores: impl FnMut(&str, &str, &[&str]) -> Vec<f32>) -> f64 {
+    let (corpus, queries, rel) = (corpus(), queries(), qrels());
+    let reference = reference(50);
+    let total: f64 = reference
+        .iter()
+        .map(|(qid, cands)| {
+            let docs: Vec<&str> = cands.iter().map(|(d, _)| corpus[d].as_str()).collect();
+            let s = scores(qid, &queries[qid], &docs);
+            let mut order: Vec<usize> = (0..cands.len()).collect();
+            order.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+            let ranked: Vec<&str> = order.iter().map(|&i| cands[i].0.as_str()).collect();
+            ndcg10(&ranked, rel.get(qid).map(Vec::as_slice).unwrap_or_default())
+        })
+        .sum();
+    total / reference.len() as f64
+}
+
+/// The dynamically quantized graph ranks as well as fp32: NDCG@10 on the 50 reference
+/// queries within 0.005 of the reference figure (onnxruntime fp32, dev_reference.txt),
+/// which the fp32 reference logits reproduce here first.
+#[test]
+fn int8_variant_keeps_ndcg() {
+    let text = std::fs::read_to_string(common::shared().join("data/debian/dev_reference.txt")).expect("txt");
+    let want: f64 = text
+        .split("reranked ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| c != '.' && !c.is_ascii_digit()).next())
+        .and_then(|s| s.trim_end_matches('.').parse().ok())
+        .expect("reranked NDCG in dev_reference.txt");
+    let reference: HashMap<String, Vec<f32>> =
+        reference(50).into_iter().map(|(q, c)| (q, c.into_iter().map(|(_, l)| l).collect())).collect();
+    let fp32 = mean_ndcg(|qid, _, _| reference[qid].clone());
+    assert!((fp32 - want).abs() < 5e-5, "reference logits give NDCG@10 {fp32:.4}, dev_reference.txt says {want}");
+
+    let model = common::load("minilm-debian:int8");
+    let opts = ScoreOptions { raw: true, tokenize_threads: 2, ..Default::default() };
+    let int8 = mean_ndcg(|_, q, docs| model.score(q, docs, opts, &mut || Ok(())).expect("score").0);
+    eprintln!("NDCG@10 on 50 dev queries: fp32 {fp32:.4}, int8 {int8:.4}");
+    assert!((int8 - fp32).abs() <= 0.005, "int8 NDCG@10 {int8:.4} vs fp32 {fp32:.4}");
+}
+
 #[test]
 fn batching_restores_order() {
     let model = common::load("minilm-debian");
@@ -175,6 +242,13 @@ fn pairs_of_several_queries_batched_together() {
         for (&i, s) in rows.iter().zip(model.run_rows(&batch).expect("run")) {
             together[i] = s;
         }
+    }
+    // score_pairs does the same for callers that hold mixed pairs (bulk scoring).
+    let opts = ScoreOptions { raw: true, tokenize_threads: 2, ..Default::default() };
+    let (mixed, stats) = model.score_pairs(&pairs, opts, &mut || Ok(())).expect("score_pairs");
+    assert_eq!(stats.pairs, pairs.len());
+    for (i, (m, t)) in mixed.iter().zip(&together).enumerate() {
+        assert!((m - t).abs() < 1e-5, "pair {i}: score_pairs {m}, run_rows {t}");
     }
     for (k, (qid, cands)) in requests.iter().enumerate() {
         let docs: Vec<&str> = cands.iter().take(30).map(|(d, _)| corpus[d].as_str()).collect();
