@@ -127,23 +127,22 @@ fn admit(sh: &'static Shared, n: u64) -> SqlResult<Ticket> {
     }
 }
 
-/// Scores `docs` against `query` with `model` in the background worker.
-pub fn score(model: &str, query: &str, docs: &[&str], raw: bool) -> SqlResult<(Vec<f32>, ScoreStats)> {
+/// Scores (query, document) pairs with `model` in the background worker, as one request.
+pub fn score(model: &str, pairs: &[(&str, &str)], raw: bool) -> SqlResult<(Vec<f32>, ScoreStats)> {
     let sh = shmem::get().ok_or_else(not_preloaded)?;
     let dir = crate::models::model_dir()?;
     let dir = dir.to_string_lossy();
-    let query = clip(query);
-    let docs: Vec<&str> = docs.iter().map(|d| clip(d)).collect();
-    let n = docs.len();
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(q, d)| (clip(q), clip(d))).collect();
+    let n = pairs.len();
     let mut ticket = admit(sh, n as u64)?;
     let slot = &sh.slots[ticket.slot];
 
-    let size = wire::size(&dir, model, query, &docs);
+    let size = wire::size(&dir, model, &pairs);
     // Owned by the current resource owner: an error before we detach frees it.
     let seg = unsafe { pg_sys::dsm_create(size, 0) };
     let buf = unsafe { std::slice::from_raw_parts_mut(pg_sys::dsm_segment_address(seg).cast::<u8>(), size) };
     let request = sh.next_request.fetch_add(1, Ordering::AcqRel) + 1;
-    wire::write_request(buf, request, raw, &dir, model, query, &docs);
+    wire::write_request(buf, request, raw, &dir, model, &pairs);
 
     slot.procno.store(unsafe { (*pg_sys::MyProc).pgprocno }, Ordering::Relaxed);
     slot.dsm.store(unsafe { pg_sys::dsm_segment_handle(seg) }, Ordering::Relaxed);

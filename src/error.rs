@@ -25,9 +25,9 @@ pub fn engine(e: EngineError) -> ErrorReport {
             ERRCODE_SYSTEM_ERROR,
             Some("Set pg_rerank.onnxruntime to the path of libonnxruntime.so (README.md, \"Install\")."),
         ),
-        ErrorKind::InvalidName => (ERRCODE_INVALID_NAME, Some("Model names are paths relative to pg_rerank.model_dir, such as minilm or tiny/bert.")),
+        ErrorKind::InvalidName => (ERRCODE_INVALID_NAME, Some("Model names are paths relative to pg_rerank.model_dir, such as minilm or tiny/bert, optionally with a variant such as minilm:int8.")),
         ErrorKind::ModelNotFound => (ERRCODE_UNDEFINED_OBJECT, Some("SELECT name FROM rerank_models() lists the models in pg_rerank.model_dir.")),
-        ErrorKind::MissingFile => (ERRCODE_UNDEFINED_FILE, Some("A model directory needs model.onnx and tokenizer.json.")),
+        ErrorKind::MissingFile => (ERRCODE_UNDEFINED_FILE, Some("A model directory needs model.onnx and tokenizer.json; the variant name:v needs model_v.onnx beside them.")),
         ErrorKind::Corrupt => (ERRCODE_DATA_CORRUPTED, Some("Replace the file with a complete export of the model.")),
         ErrorKind::Unsupported => (
             ERRCODE_FEATURE_NOT_SUPPORTED,

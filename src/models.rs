@@ -4,7 +4,8 @@
 use crate::error::{engine, report, SqlResult};
 use crate::guc;
 use parking_lot::Mutex;
-use pg_rerank_engine::{registry, runtime, Model, SessionOptions};
+use pg_rerank_engine::registry::{self, Location};
+use pg_rerank_engine::{runtime, Model, SessionOptions};
 use pgrx::PgSqlErrorCode;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 #[derive(Hash, PartialEq, Eq, Clone)]
 struct Key {
-    dir: PathBuf,
+    at: Location,
     threads: usize,
 }
 
@@ -41,22 +42,23 @@ pub fn model_name(arg: Option<&str>) -> SqlResult<String> {
 /// Loads (or returns the already loaded) model `name`.
 pub fn get(name: &str) -> SqlResult<Arc<Model>> {
     let root = model_dir()?;
-    let dir = registry::resolve(&root, name).map_err(engine)?;
-    let key = Key { dir: dir.clone(), threads: guc::threads() };
+    let at = registry::resolve(&root, name).map_err(engine)?;
+    let key = Key { at, threads: guc::threads() };
     if let Some(m) = LOADED.lock().as_ref().and_then(|c| c.get(&key)) {
         return Ok(Arc::clone(m));
     }
     let env = runtime::init(Path::new(&guc::onnxruntime().unwrap_or_default())).map_err(engine)?;
-    let model = Arc::new(Model::load(env, name, &dir, &SessionOptions { intra_threads: key.threads, ..Default::default() }).map_err(engine)?);
+    let opts = SessionOptions { intra_threads: key.threads, onnx_file: key.at.onnx_file.clone(), ..Default::default() };
+    let model = Arc::new(Model::load(env, name, &key.at.dir, &opts).map_err(engine)?);
     let mut guard = LOADED.lock();
     let cache = guard.get_or_insert_with(HashMap::new);
-    // One session per model directory: a new thread count replaces the old session.
-    cache.retain(|k, _| k.dir != key.dir);
+    // One session per model file: a new thread count replaces the old session.
+    cache.retain(|k, _| k.at != key.at);
     cache.insert(key, Arc::clone(&model));
     Ok(model)
 }
 
-/// Whether this backend holds the model in `dir`.
-pub fn is_loaded(dir: &Path) -> bool {
-    LOADED.lock().as_ref().is_some_and(|c| c.keys().any(|k| k.dir == dir))
+/// Whether this backend holds the model at `at`.
+pub fn is_loaded(at: &Location) -> bool {
+    LOADED.lock().as_ref().is_some_and(|c| c.keys().any(|k| &k.at == at))
 }

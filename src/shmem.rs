@@ -116,7 +116,10 @@ pub struct ModelStats {
     pub errors: AtomicU64,
     pub cancelled: AtomicU64,
     pub queue_wait_us: AtomicU64,
+    /// From taking a request to its last score, tokenization included.
     pub inference_us: AtomicU64,
+    /// Time the worker spent tokenizing.
+    pub tokenize_us: AtomicU64,
     pub queue_wait: Histogram,
     pub inference: Histogram,
 }
@@ -145,6 +148,7 @@ impl ModelStats {
             &self.cancelled,
             &self.queue_wait_us,
             &self.inference_us,
+            &self.tokenize_us,
         ] {
             c.store(0, Ordering::Relaxed);
         }

@@ -3,12 +3,13 @@
 //! change (release/acquire) orders these writes for the reader.
 //!
 //! ```text
-//! 0   magic u32 | raw u32 | request u64 | docs u32 | model len u32 | query len u32
+//! 0   magic u32 | raw u32 | request u64 | pairs u32 | model len u32 | unused u32
 //! 28  status u32 (0 pending, 1 scored, 2 error) | error kind u32 | message len u32
 //! 40  detail len u32 | model dir len u32 | pairs u64 | tokens u64 | truncated u64 | batches u64
-//! 80  scores: docs x f32, then docs x (offset u64, length u64), then the error text
-//!     (ERROR_TEXT bytes), then the model directory, the model name, the query and the
-//!     documents
+//! 80  scores: pairs x f32, then pairs x (query offset u64, query length u64, document
+//!     offset u64, document length u64), then the error text (ERROR_TEXT bytes), then the
+//!     model directory, the model name, and the texts: each query once for a run of pairs
+//!     that share it, followed by the documents of that run
 //! ```
 
 use pg_rerank_engine::{EngineError, ErrorKind, ScoreStats};
@@ -39,40 +40,56 @@ fn scores_at() -> usize {
 fn index_at(n: usize) -> usize {
     HEADER + 4 * n.next_multiple_of(2)
 }
+const INDEX_ENTRY: usize = 32;
+
 fn error_at(n: usize) -> usize {
-    index_at(n) + 16 * n
+    index_at(n) + INDEX_ENTRY * n
 }
 fn texts_at(n: usize) -> usize {
     error_at(n) + ERROR_TEXT
 }
 
+/// Pairs whose query is the same as the previous pair's share one copy of it.
+fn new_query(pairs: &[(&str, &str)], i: usize) -> bool {
+    i == 0 || pairs[i - 1].0 != pairs[i].0
+}
+
 /// Bytes a request needs.
-pub fn size(dir: &str, model: &str, query: &str, docs: &[&str]) -> usize {
-    texts_at(docs.len()) + dir.len() + model.len() + query.len() + docs.iter().map(|d| d.len()).sum::<usize>()
+pub fn size(dir: &str, model: &str, pairs: &[(&str, &str)]) -> usize {
+    let queries: usize = (0..pairs.len()).filter(|&i| new_query(pairs, i)).map(|i| pairs[i].0.len()).sum();
+    texts_at(pairs.len()) + dir.len() + model.len() + queries + pairs.iter().map(|(_, d)| d.len()).sum::<usize>()
 }
 
 /// Writes a request into `b` (exactly `size(...)` bytes).
-pub fn write_request(b: &mut [u8], request: u64, raw: bool, dir: &str, model: &str, query: &str, docs: &[&str]) {
-    let n = docs.len();
+pub fn write_request(b: &mut [u8], request: u64, raw: bool, dir: &str, model: &str, pairs: &[(&str, &str)]) {
+    let n = pairs.len();
     b[..HEADER].fill(0);
     put32(b, 0, MAGIC);
     put32(b, 4, u32::from(raw));
     put64(b, 8, request);
     put32(b, 16, n as u32);
     put32(b, 20, model.len() as u32);
-    put32(b, 24, query.len() as u32);
     put32(b, 28, PENDING);
     put32(b, 44, dir.len() as u32);
     let mut at = texts_at(n);
-    for s in [dir, model, query] {
+    let mut put_text = |b: &mut [u8], s: &str| {
         b[at..at + s.len()].copy_from_slice(s.as_bytes());
         at += s.len();
-    }
-    for (i, d) in docs.iter().enumerate() {
-        put64(b, index_at(n) + 16 * i, at as u64);
-        put64(b, index_at(n) + 16 * i + 8, d.len() as u64);
-        b[at..at + d.len()].copy_from_slice(d.as_bytes());
-        at += d.len();
+        (at - s.len()) as u64
+    };
+    put_text(b, dir);
+    put_text(b, model);
+    let mut query_at = 0;
+    for (i, (q, d)) in pairs.iter().enumerate() {
+        if new_query(pairs, i) {
+            query_at = put_text(b, q);
+        }
+        let doc_at = put_text(b, d);
+        let e = index_at(n) + INDEX_ENTRY * i;
+        put64(b, e, query_at);
+        put64(b, e + 8, q.len() as u64);
+        put64(b, e + 16, doc_at);
+        put64(b, e + 24, d.len() as u64);
     }
 }
 
@@ -83,8 +100,8 @@ pub struct Request<'a> {
     /// The requesting session's pg_rerank.model_dir (only a superuser can change it).
     pub dir: &'a str,
     pub model: &'a str,
-    pub query: &'a str,
-    pub docs: Vec<&'a str>,
+    /// (query, document) pairs.
+    pub pairs: Vec<(&'a str, &'a str)>,
 }
 
 fn text(b: &[u8], at: usize, len: usize) -> Option<&str> {
@@ -97,18 +114,18 @@ pub fn read_request(b: &[u8]) -> Option<Request<'_>> {
         return None;
     }
     let n = get32(b, 16) as usize;
-    let (ml, ql, dl) = (get32(b, 20) as usize, get32(b, 24) as usize, get32(b, 44) as usize);
+    let (ml, dl) = (get32(b, 20) as usize, get32(b, 44) as usize);
     let at = texts_at(n);
     let dir = text(b, at, dl)?;
     let model = text(b, at + dl, ml)?;
-    let query = text(b, at + dl + ml, ql)?;
-    let mut docs = Vec::with_capacity(n);
+    let mut pairs = Vec::with_capacity(n);
     for i in 0..n {
-        let off = get64(b, index_at(n) + 16 * i) as usize;
-        let len = get64(b, index_at(n) + 16 * i + 8) as usize;
-        docs.push(text(b, off, len)?);
+        let e = index_at(n) + INDEX_ENTRY * i;
+        let q = text(b, get64(b, e) as usize, get64(b, e + 8) as usize)?;
+        let d = text(b, get64(b, e + 16) as usize, get64(b, e + 24) as usize)?;
+        pairs.push((q, d));
     }
-    Some(Request { request: get64(b, 8), raw: get32(b, 4) != 0, dir, model, query, docs })
+    Some(Request { request: get64(b, 8), raw: get32(b, 4) != 0, dir, model, pairs })
 }
 
 /// Worker: one score.

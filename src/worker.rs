@@ -164,9 +164,10 @@ impl Worker {
     }
 
     fn load(&self, root: &str, name: &str) -> Result<Arc<Model>, EngineError> {
-        let dir = registry::resolve(Path::new(root), name)?;
+        let at = registry::resolve(Path::new(root), name)?;
         let env = runtime::init(Path::new(&guc::onnxruntime().unwrap_or_default()))?;
-        let opts = Self::options()?;
+        let opts = SessionOptions { onnx_file: at.onnx_file, ..Self::options()? };
+        let dir = at.dir;
         match Model::load(env, name, &dir, &opts) {
             Err(e) if e.kind == ErrorKind::Device && guc::device_fallback() => {
                 let msg = format!("model \"{name}\" runs on the CPU: {e}");
@@ -324,13 +325,17 @@ impl Worker {
         let mut texts = Vec::new();
         for &k in members {
             let r = reqs[k].as_ref().expect("parsed");
-            for (i, d) in r.docs.iter().enumerate() {
+            for (i, pair) in r.pairs.iter().enumerate() {
                 owner.push((k, i));
-                texts.push((r.query, *d));
+                texts.push(*pair);
             }
         }
         let threads = guc::worker_threads();
+        let tokenize_start = shmem::now_us();
         let encoded = model.encode_many(&texts, threads);
+        if let Some(st) = stats {
+            st.tokenize_us.fetch_add((shmem::now_us() - tokenize_start).max(0) as u64, Ordering::Relaxed);
+        }
         let mut per_req: HashMap<usize, ScoreStats> = HashMap::new();
         let mut remaining: HashMap<usize, usize> = HashMap::new();
         let mut failed: HashMap<usize, EngineError> = HashMap::new();

@@ -1,5 +1,6 @@
 //! What SQL sees.
 
+mod bulk;
 mod catalog;
 mod rerank;
 mod stats;
@@ -11,29 +12,43 @@ use crate::{client, models};
 use pg_rerank_engine::ScoreOptions;
 use pgrx::PgSqlErrorCode;
 
-/// Scores `docs` against `query` with `model` (None: pg_rerank.model), in the background
+/// Pairs per request to the worker: a bulk call is sent in requests of this size, one
+/// after the other, so it never needs more room in the queue than this.
+const WORKER_REQUEST_PAIRS: usize = 4096;
+
+/// Scores `docs` against `query` with `model` (None: pg_rerank.model).
+pub(crate) fn score(model: Option<&str>, query: &str, docs: &[&str], raw: bool) -> SqlResult<Vec<f32>> {
+    let pairs: Vec<(&str, &str)> = docs.iter().map(|d| (query, *d)).collect();
+    score_pairs(model, &pairs, raw)
+}
+
+/// Scores (query, document) pairs with `model` (None: pg_rerank.model), in the background
 /// worker or in this backend as pg_rerank.execution says. Both check for query cancel and
 /// statement_timeout while they work.
-pub(crate) fn score(model: Option<&str>, query: &str, docs: &[&str], raw: bool) -> SqlResult<Vec<f32>> {
+pub(crate) fn score_pairs(model: Option<&str>, pairs: &[(&str, &str)], raw: bool) -> SqlResult<Vec<f32>> {
     let name = models::model_name(model)?;
     let in_worker = match guc::execution() {
         Execution::Backend => false,
         Execution::Worker => true,
         Execution::Auto => client::worker_available(),
     };
-    if in_worker {
-        return Ok(client::score(&name, query, docs, raw)?.0);
+    if !in_worker {
+        return score_here(&name, pairs, raw);
     }
-    score_here(&name, query, docs, raw)
+    let mut scores = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(WORKER_REQUEST_PAIRS) {
+        scores.extend(client::score(&name, chunk, raw)?.0);
+    }
+    Ok(scores)
 }
 
 /// Scores in this backend, on its own thread: ONNX Runtime's and the tokenizer's threads
 /// only compute, they never call into Postgres.
-fn score_here(name: &str, query: &str, docs: &[&str], raw: bool) -> SqlResult<Vec<f32>> {
+fn score_here(name: &str, pairs: &[(&str, &str)], raw: bool) -> SqlResult<Vec<f32>> {
     let model = models::get(name)?;
     let opts = ScoreOptions { limits: guc::batch_limits(), raw, tokenize_threads: guc::threads() };
     let (scores, _stats) = model
-        .score(query, docs, opts, &mut || {
+        .score_pairs(pairs, opts, &mut || {
             pgrx::check_for_interrupts!();
             Ok(())
         })

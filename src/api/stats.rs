@@ -17,7 +17,9 @@ fn device_name(code: i32) -> Option<String> {
 
 /// One row per model the background worker has been asked for since the server started
 /// (or the statistics were reset). Empty without shared_preload_libraries. The p99
-/// columns are upper bounds of histogram buckets 19% wide.
+/// columns are upper bounds of histogram buckets 19% wide. `inference_*` runs from the
+/// worker taking a request to its last score, tokenization included; `tokenize_mean_ms`
+/// is the worker's tokenizing time per request (requests taken together share it).
 #[pg_extern(volatile, parallel_safe)]
 fn pg_rerank_model_stats() -> TableIterator<
     'static,
@@ -37,6 +39,7 @@ fn pg_rerank_model_stats() -> TableIterator<
         name!(queue_wait_p99_ms, Option<f64>),
         name!(inference_mean_ms, Option<f64>),
         name!(inference_p99_ms, Option<f64>),
+        name!(tokenize_mean_ms, Option<f64>),
         name!(errors, i64),
         name!(cancelled, i64),
     ),
@@ -66,6 +69,7 @@ fn pg_rerank_model_stats() -> TableIterator<
             m.queue_wait.quantile_ms(0.99),
             mean(get(&m.inference_us)),
             m.inference.quantile_ms(0.99),
+            mean(get(&m.tokenize_us)),
             get(&m.errors),
             get(&m.cancelled),
         ));

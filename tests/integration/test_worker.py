@@ -117,6 +117,29 @@ def test_eight_connections_share_batches(dsn, wconn):
     assert st["queue_wait_p99_ms"] is not None and st["inference_p99_ms"] >= st["inference_mean_ms"] * 0.8
 
 
+def test_bulk_pairs_go_to_the_worker_in_bounded_requests(dsn, wconn):
+    """rerank_pairs() over 9,000 pairs of three queries: requests of at most 4,096 pairs,
+    the same scores as in the backend, NULL pairs left out."""
+    wconn.execute("SELECT pg_rerank_stats_reset()")
+    docs = sample(wconn, 3000)
+    topics = ["audio library", "fonts for the desktop", "python module"]
+    qs = [topics[i % 3] for i in range(9000)] + [None]
+    ds = [docs[i // 3] for i in range(9000)] + ["orphan document"]
+    bulk = "SELECT rerank_pairs(%s, %s, model => 'tiny/bert', raw => true)"
+    got = wconn.execute(bulk, (qs, ds)).fetchone()[0]
+    st = stats(wconn, "tiny/bert")
+    assert (st["requests"], st["pairs"]) == (3, 9000), st
+    with psycopg.connect(dsn, autocommit=True) as back:
+        back.execute("SET pg_rerank.execution = backend")
+        want = back.execute(bulk, (qs, ds)).fetchone()[0]
+    assert len(got) == 9001 and got[-1] is None and want[-1] is None
+    assert max(abs(a - b) for a, b in zip(got[:-1], want[:-1])) < 1e-5
+    # Pair i really is (qs[i], ds[i]): spot-check against single-pair calls.
+    for i in [0, 1, 2, 4095, 4096, 8999]:
+        alone = wconn.execute("SELECT rerank_score(%s, %s, model => 'tiny/bert', raw => true)", (qs[i], ds[i])).fetchone()[0]
+        assert abs(alone - got[i]) < 1e-5, i
+
+
 def in_thread(fn):
     out = {}
 

@@ -50,3 +50,8 @@ DROP ROLE rerank_regress_user;
 
 -- The backend is still fine.
 SELECT count(*) FROM rerank('q', ARRAY['a', 'b']);
+
+-- rerank_pairs needs arrays of the same length; variants must exist.
+SELECT pg_temp.err($$SELECT rerank_pairs(ARRAY['q', 'q'], ARRAY['a'])$$);
+SELECT pg_temp.err($$SELECT * FROM rerank('q', ARRAY['a'], model => 'minilm-debian:fp16')$$);
+SELECT pg_temp.err($$SELECT * FROM rerank('q', ARRAY['a'], model => 'minilm-debian:../x')$$);

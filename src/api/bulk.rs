@@ -1,0 +1,43 @@
+//! `rerank_pairs(queries[], docs[])`: bulk scoring of (query, document) pairs, for
+//! analytics and dbt models that score relevance over whole tables.
+
+use super::score_pairs;
+use crate::error::report;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+/// Scores the pairs (queries[i], docs[i]) and returns their scores in input order:
+/// element i is the score of pair i, NULL where the query or the document is NULL. Pairs
+/// of all queries are batched together by length, so one call over many rows runs the
+/// model on full batches. Both arrays must have the same number of elements; a NULL array
+/// gives NULL. Not bounded by pg_rerank.max_docs (it is meant for whole tables):
+/// statement_timeout and cancel stop it between batches.
+#[pg_extern(stable, parallel_safe)]
+fn rerank_pairs(
+    queries: Option<Array<&str>>,
+    docs: Option<Array<&str>>,
+    model: default!(Option<&str>, "NULL"),
+    raw: default!(Option<bool>, "false"),
+) -> Result<Option<Vec<Option<f32>>>, ErrorReport> {
+    let (Some(queries), Some(docs)) = (queries, docs) else { return Ok(None) };
+    if queries.len() != docs.len() {
+        return Err(report(PgSqlErrorCode::ERRCODE_ARRAY_ELEMENT_ERROR, "queries and docs must have the same number of elements")
+            .set_detail(format!("queries has {} elements, docs has {}.", queries.len(), docs.len())));
+    }
+    let (positions, pairs): (Vec<usize>, Vec<(&str, &str)>) = queries
+        .iter()
+        .zip(docs.iter())
+        .enumerate()
+        .filter_map(|(i, (q, d))| Some((i, (q?, d?))))
+        .unzip();
+    let mut out = vec![None; queries.len()];
+    if pairs.is_empty() {
+        return Ok(Some(out));
+    }
+    let scores = score_pairs(model, &pairs, raw.unwrap_or(false))?;
+    for (i, s) in positions.into_iter().zip(scores) {
+        out[i] = Some(s);
+    }
+    Ok(Some(out))
+}
