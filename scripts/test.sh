@@ -45,6 +45,13 @@ if ! "$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress" \
     exit 1
 fi
 
+if ! .venv-dbt/bin/dbt --version >/dev/null 2>&1; then
+    log "installing dbt-postgres into .venv-dbt (for the dbt example)"
+    python3 -m venv .venv-dbt
+    # dbt-core 1.12 fetches a parser from GitHub while it installs; 1.11 needs only PyPI.
+    .venv-dbt/bin/pip install -q 'dbt-core==1.11.*' 'dbt-postgres==1.11.*'
+fi
+
 log "integration tests (pytest, live cluster with pgvector)"
 psql -q -d postgres -c "DROP DATABASE IF EXISTS pg_rerank_it" -c "CREATE DATABASE pg_rerank_it" >/dev/null
 export PG_RERANK_DSN="host=127.0.0.1 port=$PORT user=postgres dbname=pg_rerank_it"
