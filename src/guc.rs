@@ -53,10 +53,10 @@ static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 
 /// Token budget of one batch: rows x padded length. Larger batches amortise overhead but
 /// hold more memory while they run.
-static MAX_BATCH_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(16384);
+static MAX_BATCH_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// Most pairs in one batch.
-static MAX_BATCH_PAIRS: GucSetting<i32> = GucSetting::<i32>::new(256);
+static MAX_BATCH_PAIRS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// Most documents one call may rerank: a guard against accidentally scoring a table.
 static MAX_DOCS: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -101,20 +101,20 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"pg_rerank.max_batch_tokens",
-        c"Token budget of one inference batch (pairs x padded length).",
-        c"Pairs are sorted by length and cut into batches under this budget.",
+        c"Token budget of one inference batch (pairs x padded length); 0 chooses by device.",
+        c"Pairs are sorted by length and cut into batches under this budget. 0: 2048 on the CPU, 16384 on a GPU.",
         &MAX_BATCH_TOKENS,
-        64,
+        0,
         1 << 20,
         GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"pg_rerank.max_batch_pairs",
-        c"Most pairs in one inference batch.",
-        c"",
+        c"Most pairs in one inference batch; 0 chooses by device.",
+        c"0: 4 on the CPU, 256 on a GPU.",
         &MAX_BATCH_PAIRS,
-        1,
+        0,
         4096,
         GucContext::Userset,
         GucFlags::default(),
@@ -218,10 +218,14 @@ pub fn threads() -> usize {
     THREADS.get().max(1) as usize
 }
 
-pub fn batch_limits() -> pg_rerank_engine::BatchLimits {
+/// Batch limits for a model on `device`: the settings, or where they are 0 the engine's
+/// limits for that device.
+pub fn batch_limits(device: pg_rerank_engine::Device) -> pg_rerank_engine::BatchLimits {
+    let auto = pg_rerank_engine::BatchLimits::for_device(device);
+    let pick = |v: i32, default: usize| if v > 0 { v as usize } else { default };
     pg_rerank_engine::BatchLimits {
-        max_tokens: MAX_BATCH_TOKENS.get().max(1) as usize,
-        max_pairs: MAX_BATCH_PAIRS.get().max(1) as usize,
+        max_tokens: pick(MAX_BATCH_TOKENS.get(), auto.max_tokens),
+        max_pairs: pick(MAX_BATCH_PAIRS.get(), auto.max_pairs),
     }
 }
 

@@ -101,7 +101,9 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
         let wait_ms = guc::batch_wait_ms();
         if wait_ms > 0 {
             let deadline = shmem::now_us() + wait_ms * 1000;
-            let max_pairs = guc::batch_limits().max_pairs;
+            // Gather until a full batch is queued, for the configured device.
+            let device = Device::parse(&guc::device()).unwrap_or(Device::Cpu);
+            let max_pairs = guc::batch_limits(device).max_pairs;
             loop {
                 let pairs: usize = round.iter().map(|t| shared.slots[t.slot].pairs.load(Ordering::Relaxed) as usize).sum();
                 let left_ms = (deadline - shmem::now_us()) / 1000;
@@ -366,7 +368,7 @@ impl Worker {
         }
         let live: Vec<usize> = ok_idx.into_iter().filter(|p| remaining.contains_key(&owner[*p].0)).collect();
         let lengths: Vec<usize> = live.iter().map(|&p| encoded[p].as_ref().map_or(0, |e| e.ids.len())).collect();
-        let limits = guc::batch_limits();
+        let limits = guc::batch_limits(model.device());
         let mut done_at: HashMap<usize, i64> = HashMap::new();
         for rows in batch::plan(&lengths, limits) {
             let rows: Vec<usize> = rows

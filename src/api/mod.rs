@@ -46,7 +46,7 @@ pub(crate) fn score_pairs(model: Option<&str>, pairs: &[(&str, &str)], raw: bool
 /// only compute, they never call into Postgres.
 fn score_here(name: &str, pairs: &[(&str, &str)], raw: bool) -> SqlResult<Vec<f32>> {
     let model = models::get(name)?;
-    let opts = ScoreOptions { limits: guc::batch_limits(), raw, tokenize_threads: guc::threads() };
+    let opts = ScoreOptions { limits: guc::batch_limits(model.device()), raw, tokenize_threads: guc::threads() };
     let (scores, _stats) = model
         .score_pairs(pairs, opts, &mut || {
             pgrx::check_for_interrupts!();

@@ -12,7 +12,7 @@
 //!
 //!     ... bench_engine SHARED ONNX_FILE THREADS --pairs FILE CHUNK
 
-use pg_rerank_engine::{runtime, Model, ScoreOptions, SessionOptions};
+use pg_rerank_engine::{runtime, BatchLimits, Model, ScoreOptions, SessionOptions};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -31,7 +31,11 @@ fn main() {
     let env = runtime::init(std::path::Path::new(&ort)).expect("ONNX Runtime");
     let opts = SessionOptions { intra_threads: threads, onnx_file: file.clone(), ..Default::default() };
     let model = Model::load(env, "minilm-debian", &shared.join("models/minilm-debian"), &opts).expect("model");
-    let score_opts = ScoreOptions { raw: true, tokenize_threads: threads, ..Default::default() };
+    // Batch limits: the engine's defaults unless BENCH_MAX_TOKENS / BENCH_MAX_PAIRS say.
+    let limit = |var: &str, default: usize| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let d = BatchLimits::default();
+    let limits = BatchLimits { max_tokens: limit("BENCH_MAX_TOKENS", d.max_tokens), max_pairs: limit("BENCH_MAX_PAIRS", d.max_pairs) };
+    let score_opts = ScoreOptions { raw: true, tokenize_threads: threads, limits };
     if args[4] == "--pairs" {
         return bulk(&model, score_opts, &args[5], args[6].parse().expect("chunk"));
     }
