@@ -12,7 +12,9 @@ use crate::guc;
 use crate::shmem::{self, ModelStats, Shared, CANCELLED, DONE, QUEUED, RUNNING, SLOTS};
 use crate::wire;
 use parking_lot::Mutex;
-use pg_rerank_engine::{batch, finish, registry, runtime, Device, EngineError, ErrorKind, Model, ScoreStats, SessionOptions};
+use pg_rerank_engine::{
+    batch, finish, registry, runtime, Device, EngineError, ErrorKind, Model, ScoreStats, SessionOptions,
+};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -105,7 +107,8 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
             let device = Device::parse(&guc::device()).unwrap_or(Device::Cpu);
             let max_pairs = guc::batch_limits(device).max_pairs;
             loop {
-                let pairs: usize = round.iter().map(|t| shared.slots[t.slot].pairs.load(Ordering::Relaxed) as usize).sum();
+                let pairs: usize =
+                    round.iter().map(|t| shared.slots[t.slot].pairs.load(Ordering::Relaxed) as usize).sum();
                 let left_ms = (deadline - shmem::now_us()) / 1000;
                 if pairs >= max_pairs || left_ms <= 0 {
                     break;
@@ -153,7 +156,14 @@ impl Worker {
             EngineError::new(ErrorKind::Device, format!("invalid pg_rerank.device \"{}\"", guc::device()))
                 .with_detail("Valid values are cpu, cuda and cuda:N.")
         })?;
-        Ok(SessionOptions { intra_threads: guc::worker_threads(), device, ..Default::default() })
+        // On the CPU, one single-threaded session per thread, running batches side by side;
+        // a GPU gets one session.
+        let threads = guc::worker_threads();
+        let (intra_threads, sessions) = match device {
+            Device::Cpu => (1, threads),
+            Device::Cuda(_) => (threads, 1),
+        };
+        Ok(SessionOptions { intra_threads, sessions, device, ..Default::default() })
     }
 
     /// Loads the default model so the first call does not wait for it.
@@ -275,7 +285,10 @@ impl Worker {
         let mut outcome: Vec<Option<Result<ScoreStats, EngineError>>> = vec![None; round.len()];
         for (k, r) in reqs.iter().enumerate() {
             if r.is_none() {
-                outcome[k] = Some(Err(EngineError::new(ErrorKind::Inference, "the pg_rerank worker could not read the request")));
+                outcome[k] = Some(Err(EngineError::new(
+                    ErrorKind::Inference,
+                    "the pg_rerank worker could not read the request",
+                )));
             }
         }
         let mut writes: Vec<Vec<(usize, f32)>> = vec![Vec::new(); round.len()];
@@ -370,53 +383,64 @@ impl Worker {
         let lengths: Vec<usize> = live.iter().map(|&p| encoded[p].as_ref().map_or(0, |e| e.ids.len())).collect();
         let limits = guc::batch_limits(model.device());
         let mut done_at: HashMap<usize, i64> = HashMap::new();
-        for rows in batch::plan(&lengths, limits) {
-            let rows: Vec<usize> = rows
-                .into_iter()
-                .map(|r| live[r])
-                .filter(|&p| {
-                    let k = owner[p].0;
-                    remaining.contains_key(&k) && outcome[k].is_none() && !self.cancelled(round[k].slot)
+        let plan = batch::plan(&lengths, limits);
+        // As many batches at once as the model has sessions.
+        for wave in plan.chunks(model.parallel()) {
+            let wave: Vec<Vec<usize>> = wave
+                .iter()
+                .map(|rows| {
+                    rows.iter()
+                        .map(|&r| live[r])
+                        .filter(|&p| {
+                            let k = owner[p].0;
+                            remaining.contains_key(&k) && outcome[k].is_none() && !self.cancelled(round[k].slot)
+                        })
+                        .collect::<Vec<usize>>()
                 })
+                .filter(|rows| !rows.is_empty())
                 .collect();
-            if rows.is_empty() {
-                continue;
-            }
-            let batch: Vec<_> = rows.iter().filter_map(|&p| encoded[p].as_ref().ok()).collect();
-            let result = model.run_rows(&batch);
-            let mut owners: Vec<usize> = rows.iter().map(|&p| owner[p].0).collect();
-            owners.dedup();
-            if let Some(st) = stats {
-                st.batches.fetch_add(1, Ordering::Relaxed);
-                st.batched_pairs.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                if owners.iter().any(|&k| k != owners[0]) {
-                    st.shared_batches.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            match result {
-                Ok(scores) => {
-                    for (&p, s) in rows.iter().zip(scores) {
-                        let (k, i) = owner[p];
-                        let raw = reqs[k].as_ref().is_some_and(|r| r.raw);
-                        writes[k].push((i, finish(s, raw)));
-                        let left = remaining.get_mut(&k).expect("live request");
-                        *left -= 1;
-                        if *left == 0 {
-                            remaining.remove(&k);
-                            done_at.insert(k, shmem::now_us());
-                            outcome[k] = Some(Ok(per_req.get(&k).copied().unwrap_or_default()));
-                        }
-                    }
-                    for k in owners {
-                        if let Some(st) = per_req.get_mut(&k) {
-                            st.batches += 1;
-                        }
+            let batches: Vec<Vec<_>> =
+                wave.iter().map(|rows| rows.iter().filter_map(|&p| encoded[p].as_ref().ok()).collect()).collect();
+            let results = model.run_many(&batches);
+            for (rows, result) in wave.into_iter().zip(results) {
+                let mut owners: Vec<usize> = rows.iter().map(|&p| owner[p].0).collect();
+                owners.dedup();
+                if let Some(st) = stats {
+                    st.batches.fetch_add(1, Ordering::Relaxed);
+                    st.batched_pairs.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    if owners.iter().any(|&k| k != owners[0]) {
+                        st.shared_batches.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Err(e) => {
-                    for k in owners {
-                        remaining.remove(&k);
-                        outcome[k] = Some(Err(e.clone()));
+                match result {
+                    Ok(scores) => {
+                        for (&p, s) in rows.iter().zip(scores) {
+                            let (k, i) = owner[p];
+                            let raw = reqs[k].as_ref().is_some_and(|r| r.raw);
+                            writes[k].push((i, finish(s, raw)));
+                            // A batch of the same wave may have failed the request already.
+                            let Some(left) = remaining.get_mut(&k) else {
+                                continue;
+                            };
+                            *left -= 1;
+                            if *left == 0 {
+                                remaining.remove(&k);
+                                done_at.insert(k, shmem::now_us());
+                                outcome[k] = Some(Ok(per_req.get(&k).copied().unwrap_or_default()));
+                            }
+                        }
+                        for k in owners {
+                            if let Some(st) = per_req.get_mut(&k) {
+                                st.batches += 1;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        for k in owners {
+                            if remaining.remove(&k).is_some() {
+                                outcome[k] = Some(Err(e.clone()));
+                            }
+                        }
                     }
                 }
             }

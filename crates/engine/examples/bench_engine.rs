@@ -29,12 +29,23 @@ fn main() {
     let threads: usize = args[3].parse().expect("threads");
     let ort = std::env::var("ORT_DYLIB_PATH").unwrap_or("/usr/local/lib/onnxruntime/libonnxruntime.so.1.32.0".into());
     let env = runtime::init(std::path::Path::new(&ort)).expect("ONNX Runtime");
-    let opts = SessionOptions { intra_threads: threads, onnx_file: file.clone(), ..Default::default() };
+    // THREADS in total: one session with THREADS threads, or BENCH_SESSIONS sessions
+    // sharing them.
+    let sessions: usize = std::env::var("BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let opts = SessionOptions {
+        intra_threads: (threads / sessions).max(1),
+        sessions,
+        onnx_file: file.clone(),
+        ..Default::default()
+    };
     let model = Model::load(env, "minilm-debian", &shared.join("models/minilm-debian"), &opts).expect("model");
     // Batch limits: the engine's defaults unless BENCH_MAX_TOKENS / BENCH_MAX_PAIRS say.
     let limit = |var: &str, default: usize| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let d = BatchLimits::default();
-    let limits = BatchLimits { max_tokens: limit("BENCH_MAX_TOKENS", d.max_tokens), max_pairs: limit("BENCH_MAX_PAIRS", d.max_pairs) };
+    let limits = BatchLimits {
+        max_tokens: limit("BENCH_MAX_TOKENS", d.max_tokens),
+        max_pairs: limit("BENCH_MAX_PAIRS", d.max_pairs),
+    };
     let score_opts = ScoreOptions { raw: true, tokenize_threads: threads, limits };
     if args[4] == "--pairs" {
         return bulk(&model, score_opts, &args[5], args[6].parse().expect("chunk"));

@@ -50,11 +50,14 @@ pub struct SessionOptions {
     /// The graph file inside the model directory (`model.onnx`; `model_int8.onnx` for a
     /// quantized variant beside it).
     pub onnx_file: String,
+    /// Sessions that run batches at the same time, each with `intra_threads` threads
+    /// (each holds its own copy of the weights).
+    pub sessions: usize,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { intra_threads: 1, device: Device::Cpu, onnx_file: "model.onnx".to_string() }
+        Self { intra_threads: 1, device: Device::Cpu, onnx_file: "model.onnx".to_string(), sessions: 1 }
     }
 }
 
@@ -114,7 +117,8 @@ pub struct Model {
     tokenizer: Tokenizer,
     /// Same tokenizer truncating longest-first: for prompts and over-long queries.
     tokenizer_longest_first: Tokenizer,
-    session: Mutex<Session>,
+    /// One or more sessions of the same graph: batches run on as many at once.
+    sessions: Vec<Mutex<Session>>,
     inputs: Vec<InputSpec>,
     output_f16: bool,
     device: Device,
@@ -165,8 +169,32 @@ impl Model {
         tokenizer_longest_first
             .with_truncation(Some(truncation(TruncationStrategy::LongestFirst)))
             .map_err(|e| corrupt(&tok_path, e))?;
-        tokenizer.with_truncation(Some(truncation(TruncationStrategy::OnlySecond))).map_err(|e| corrupt(&tok_path, e))?;
+        tokenizer
+            .with_truncation(Some(truncation(TruncationStrategy::OnlySecond)))
+            .map_err(|e| corrupt(&tok_path, e))?;
 
+        let mut sessions = Vec::new();
+        for _ in 0..opts.sessions.max(1) {
+            sessions.push(Self::session(env, name, &onnx, opts)?);
+        }
+        let session = sessions[0].get_mut();
+        let inputs = Self::discover_inputs(name, session)?;
+        let output_f16 = Self::check_output(name, session, &config)?;
+        Ok(Model {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+            tokenizer_longest_first,
+            sessions,
+            inputs,
+            output_f16,
+            device: opts.device,
+        })
+    }
+
+    /// One session of the graph in `onnx`.
+    fn session(env: &Environment, name: &str, onnx: &Path, opts: &SessionOptions) -> Result<Mutex<Session>> {
         let builder = (|| -> std::result::Result<_, ort::Error> {
             Ok(Session::builder(env)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
@@ -175,7 +203,9 @@ impl Model {
                 .with_intra_op_spinning(false)?
                 .with_inter_op_spinning(false)?)
         })()
-        .map_err(|e| EngineError::new(ErrorKind::Runtime, "could not configure the ONNX session").with_detail(e.to_string()))?;
+        .map_err(|e| {
+            EngineError::new(ErrorKind::Runtime, "could not configure the ONNX session").with_detail(e.to_string())
+        })?;
         let mut builder = match opts.device {
             Device::Cpu => builder,
             Device::Cuda(n) => {
@@ -186,23 +216,8 @@ impl Model {
                 })?
             }
         };
-        let session = builder
-            .commit_from_file(&onnx)
-            .map_err(|e| corrupt(&onnx, e))?;
-
-        let inputs = Self::discover_inputs(name, &session)?;
-        let output_f16 = Self::check_output(name, &session, &config)?;
-        Ok(Model {
-            name: name.to_string(),
-            dir: dir.to_path_buf(),
-            config,
-            tokenizer,
-            tokenizer_longest_first,
-            session: Mutex::new(session),
-            inputs,
-            output_f16,
-            device: opts.device,
-        })
+        let session = builder.commit_from_file(onnx).map_err(|e| corrupt(onnx, e))?;
+        Ok(Mutex::new(session))
     }
 
     /// Maps the graph's declared inputs to what we know how to feed, as
@@ -229,7 +244,10 @@ impl Model {
                 other => {
                     return Err(EngineError::new(
                         ErrorKind::Unsupported,
-                        format!("model \"{name}\" input \"{}\" has type {other}, expected an int64 or int32 tensor", input.name()),
+                        format!(
+                            "model \"{name}\" input \"{}\" has type {other}, expected an int64 or int32 tensor",
+                            input.name()
+                        ),
                     ))
                 }
             };
@@ -247,8 +265,11 @@ impl Model {
             return Err(EngineError::new(ErrorKind::Unsupported, format!("model \"{name}\" has no outputs")));
         };
         let bad = |what: String| {
-            EngineError::new(ErrorKind::Unsupported, format!("model \"{name}\" output \"{}\" is not reranker logits", out.name()))
-                .with_detail(what)
+            EngineError::new(
+                ErrorKind::Unsupported,
+                format!("model \"{name}\" output \"{}\" is not reranker logits", out.name()),
+            )
+            .with_detail(what)
         };
         match out.dtype() {
             ValueType::Tensor { ty, shape, .. } => {
@@ -403,16 +424,59 @@ impl Model {
             truncated: encoded.iter().filter(|e| e.truncated).count(),
             batches: 0,
         };
-        for rows in batch::plan(&lengths, opts.limits) {
+        let plan = batch::plan(&lengths, opts.limits);
+        // As many batches at once as there are sessions; a cancel is seen between waves.
+        for wave in plan.chunks(self.sessions.len()) {
             check()?;
-            let batch: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
-            let raw = self.run_rows(&batch)?;
-            for (&i, r) in rows.iter().zip(raw) {
-                scores[i] = finish(r, opts.raw);
+            let batches: Vec<Vec<&Encoded>> =
+                wave.iter().map(|rows| rows.iter().map(|&i| &encoded[i]).collect()).collect();
+            for (rows, raw) in wave.iter().zip(self.run_many(&batches)) {
+                for (&i, r) in rows.iter().zip(raw?) {
+                    scores[i] = finish(r, opts.raw);
+                }
+                stats.batches += 1;
             }
-            stats.batches += 1;
         }
         Ok((scores, stats))
+    }
+
+    /// Sessions that can run batches at the same time.
+    pub fn parallel(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Runs batches, up to [`Model::parallel`] at once on scoped threads that only run the
+    /// model; results are in the order of `batches`.
+    pub fn run_many(&self, batches: &[Vec<&Encoded>]) -> Vec<Result<Vec<f32>>> {
+        let threads = self.sessions.len().min(batches.len());
+        if threads <= 1 {
+            return batches.iter().map(|b| self.run_rows(b)).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut results: Vec<Option<Result<Vec<f32>>>> = (0..batches.len()).map(|_| None).collect();
+        let done: Vec<Vec<(usize, Result<Vec<f32>>)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(b) = batches.get(i) else { break };
+                            out.push((i, self.run_rows(b)));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        });
+        for (i, r) in done.into_iter().flatten() {
+            results[i] = Some(r);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(EngineError::new(ErrorKind::Inference, "an inference thread panicked"))))
+            .collect()
     }
 
     /// Runs one batch, padded to its longest row, and returns each row's raw score (the
@@ -461,7 +525,8 @@ impl Model {
             feed.push((Cow::Borrowed(spec.name.as_str()), value));
         }
 
-        let mut session = self.session.lock();
+        // A free session, else wait for the first.
+        let mut session = self.sessions.iter().find_map(|s| s.try_lock()).unwrap_or_else(|| self.sessions[0].lock());
         let outputs = session.run(feed).map_err(inference)?;
         let out = &outputs[0];
         let logits: Vec<f32> = if self.output_f16 {
