@@ -1,6 +1,8 @@
 -- Hybrid retrieval reranked in SQL: pgvector ANN + full-text search, fused with
 -- reciprocal rank fusion (k = 60), top 100 candidates reranked by the cross-encoder.
 -- Parameters: :'query' (text) and :'query_emb' (a vector literal of the query embedding).
+-- The HNSW scan returns at most hnsw.ef_search rows (default 40): set it to 100 or more
+-- (scripts/load_corpus.py does so for its database) to get 100 dense candidates.
 WITH dense AS (
     SELECT id, row_number() OVER (ORDER BY emb <=> :'query_emb'::vector) AS r
     FROM packages ORDER BY emb <=> :'query_emb'::vector LIMIT 100

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): starts a private cluster with pg_rerank preloaded, loads the
-# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head). Results
+# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, end_to_end, bulk). Results
 # go to benches/results/, plots to docs/img/. Run nothing else meanwhile: the figures are
 # ratios measured in one run, but a busy machine still skews them.
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
 bash scripts/setup.sh
 .venv/bin/pip install -q 'matplotlib==3.9.*' "onnxruntime==$ORT_VERSION" 'onnx==1.*' 'sympy==1.*' 'tokenizers==0.*'
+if [ "${1:-}" = head_to_head ]; then
+    # PyTorch's PyPI wheel brings its CUDA libraries: about 6 GB on disk.
+    .venv/bin/pip install -q 'torch==2.15.*' 'sentence-transformers==6.2.*'
+fi
 STATE="$(state_dir)"
 CLUSTER="$STATE/bench-cluster"
 PORT="${PG_RERANK_BENCH_PORT:-54332}"
@@ -14,7 +18,8 @@ start_cluster "$CLUSTER" "$PORT"
 trap 'stop_cluster "$CLUSTER"' EXIT
 export PGHOST=127.0.0.1 PGPORT="$PORT" PGUSER=postgres
 psql -q -d postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'bench'" | grep -q 1 || psql -q -d postgres -c "CREATE DATABASE bench"
-psql -q -d bench -c "CREATE EXTENSION IF NOT EXISTS pg_rerank"
+# The extension as just built and installed, not one left from an older build.
+psql -q -d bench -c "DROP EXTENSION IF EXISTS pg_rerank CASCADE" -c "CREATE EXTENSION pg_rerank"
 mkdir -p benches/results docs/img
 case "${1:-concurrency}" in
     concurrency)
@@ -28,6 +33,18 @@ case "${1:-concurrency}" in
             "host=127.0.0.1 port=$PORT user=postgres dbname=bench" target/release/examples/bench_engine \
             benches/results/head_to_head.json docs/img/head_to_head.png \
             "${PG_RERANK_BENCH_QUERIES:-5}" "${PG_RERANK_BENCH_REPEAT:-1}"
+        ;;
+    end_to_end)
+        .venv/bin/python scripts/load_corpus.py "host=127.0.0.1 port=$PORT user=postgres dbname=bench" "$SHARED/data/debian"
+        .venv/bin/python benches/end_to_end.py "$SHARED" "host=127.0.0.1 port=$PORT user=postgres dbname=bench" \
+            benches/results/end_to_end.json docs/img/end_to_end.png \
+            "${PG_RERANK_BENCH_QUERIES:-20}" "${PG_RERANK_BENCH_REPEAT:-3}"
+        ;;
+    bulk)
+        cargo build --release -q -p pg_rerank_engine --example bench_engine
+        ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/bulk.py "$SHARED" \
+            "host=127.0.0.1 port=$PORT user=postgres dbname=bench" target/release/examples/bench_engine \
+            benches/results/bulk.json "${PG_RERANK_BENCH_PAIRS:-100000}" "${PG_RERANK_BENCH_VARIANT-int8}" "${PG_RERANK_BENCH_MODES:-worker}"
         ;;
     *) echo "unknown benchmark: $1" >&2; exit 2 ;;
 esac

@@ -15,6 +15,10 @@ def load(dsn: str, data: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_rerank")
+        # An HNSW scan returns at most ef_search rows (pgvector's default 40): the examples
+        # take the 100 nearest, so every new session of this database searches 100 wide.
+        db = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f'ALTER DATABASE "{db}" SET hnsw.ef_search = 100')
         have = conn.execute(
             "SELECT count(*) FROM pg_indexes WHERE tablename = 'packages' AND indexname = 'packages_emb_hnsw'"
         ).fetchone()[0]
