@@ -5,12 +5,15 @@ per query, as a reranking service receives them. Systems, all in this one run:
   - the pg_rerank engine alone (crates/engine/examples/bench_engine.rs),
   - `SELECT idx, score FROM rerank(q, docs)` through psycopg (backend mode),
   - Python onnxruntime on the model as given, tokenized with the `tokenizers` package
-    from the same tokenizer.json, padded per batch of 32 (sentence-transformers'
-    CrossEncoder default),
-  - Python onnxruntime on the model rewritten by onnxruntime's transformer optimizer.
+    from the same tokenizer.json, padded per batch of 32 in input order
+    (sentence-transformers' CrossEncoder default), and again in batches of 4 sorted by
+    length as the engine batches on the CPU,
+  - Python onnxruntime on the model rewritten by onnxruntime's transformer optimizer,
+  - sentence-transformers' CrossEncoder (PyTorch) on the same weights, rebuilt as a
+    PyTorch checkpoint by benches/onnx_to_torch.py and checked against the reference
+    logits before it is timed.
 Reports the median time per 100-pair call and pairs/s, and ratios against Python
-onnxruntime on the model as given. sentence-transformers is not measured: it needs
-PyTorch, whose PyPI wheels pull in gigabytes of CUDA libraries.
+onnxruntime on the model as given.
 
     python benches/head_to_head.py SHARED DSN ENGINE_BIN OUT_JSON OUT_PNG [queries] [repeat]
 """
@@ -35,18 +38,21 @@ DATA = Path(SHARED) / "data" / "debian"
 
 
 def inputs():
+    """[(query, docs)] and the reference logits of each call's pairs."""
     corpus = {d["id"]: d["text"] for d in map(json.loads, open(DATA / "corpus.jsonl"))}
     qtext = {q["id"]: q["text"] for q in map(json.loads, open(DATA / "queries_dev.jsonl"))}
     cands = {}
     with open(DATA / "dev_reference.tsv") as f:
         next(f)
         for line in f:
-            q, d, rank, _ = line.rstrip("\n").split("\t")
-            cands.setdefault(q, []).append((int(rank), d))
-    out = []
+            q, d, rank, logit = line.rstrip("\n").split("\t")
+            cands.setdefault(q, []).append((int(rank), d, float(logit)))
+    calls, logits = [], []
     for q, c in list(cands.items())[:QUERIES]:
-        out.append((qtext[q], [corpus[d] for _, d in sorted(c)]))
-    return out
+        c.sort()
+        calls.append((qtext[q], [corpus[d] for _, d, _ in c]))
+        logits.append([x for _, _, x in c])
+    return calls, logits
 
 
 def timed(fn, calls):
@@ -63,7 +69,9 @@ def timed(fn, calls):
     return {"calls": len(lat), "median_ms": statistics.median(lat), "pairs_per_s": pairs / wall}
 
 
-def python_ort(path, threads):
+def python_ort(path, threads, batch=32, by_length=False):
+    """Batches of `batch` pairs in input order (CrossEncoder's way), or sorted by length
+    first (the engine's way) when `by_length`."""
     tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -72,18 +80,21 @@ def python_ort(path, threads):
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
     def score(query, docs):
-        out = []
-        for i in range(0, len(docs), 32):
-            enc = tok.encode_batch([(query, d) for d in docs[i:i + 32]])
-            width = max(len(e.ids) for e in enc)
-            ids = np.zeros((len(enc), width), np.int64)
+        encs = tok.encode_batch([(query, d) for d in docs])
+        order = sorted(range(len(encs)), key=lambda i: -len(encs[i].ids)) if by_length else list(range(len(encs)))
+        out = np.zeros(len(encs), np.float32)
+        for i in range(0, len(order), batch):
+            rows = order[i:i + batch]
+            width = max(len(encs[r].ids) for r in rows)
+            ids = np.zeros((len(rows), width), np.int64)
             mask = np.zeros_like(ids)
             types = np.zeros_like(ids)
-            for r, e in enumerate(enc):
+            for k, r in enumerate(rows):
+                e = encs[r]
                 n = len(e.ids)
-                ids[r, :n], mask[r, :n], types[r, :n] = e.ids, 1, e.type_ids
-            out.append(sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0][:, 0])
-        return np.concatenate(out)
+                ids[k, :n], mask[k, :n], types[k, :n] = e.ids, 1, e.type_ids
+            out[rows] = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0][:, 0]
+        return out
     return score
 
 
@@ -94,6 +105,25 @@ def optimized(path, dest):
                                  hidden_size=cfg["hidden_size"], opt_level=0)
     m.save_model_to_file(str(dest))
     return dest
+
+
+def sentence_transformers(torch_dir, threads, calls, logits):
+    import torch
+    from sentence_transformers import CrossEncoder
+    torch.set_num_threads(threads)
+    # The engine's maximum length: model_max_length of tokenizer_config.json.
+    max_length = json.load(open(MODEL / "tokenizer_config.json"))["model_max_length"]
+    ce = CrossEncoder(str(torch_dir), device="cpu", max_length=max_length)
+    identity = torch.nn.Identity()
+
+    def score(query, docs):
+        return ce.predict([(query, d) for d in docs], batch_size=32, activation_fn=identity,
+                          show_progress_bar=False)
+    worst = max(float(np.abs(score(*c) - np.array(want)).max()) for c, want in zip(calls, logits))
+    if worst > 1e-4:
+        raise SystemExit(f"sentence-transformers logits differ from the reference by {worst}")
+    print(f"sentence-transformers matches the reference logits within {worst:.1e}", flush=True)
+    return score
 
 
 def sql(threads):
@@ -121,10 +151,40 @@ print(2 * 4096 * 384 * 1536 * n / (time.perf_counter() - t0))
 
 
 def gemm_rate(threads):
-    """fp32 GEMM FLOP/s of this machine at the model's shapes (numpy's OpenBLAS)."""
+    """Achievable fp32 GEMM FLOP/s of this machine at the model's shapes (numpy's
+    OpenBLAS): the best of three 3-second runs, as other tenants slow single runs."""
     env = {"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"}
-    return float(subprocess.run([sys.executable, "-c", GEMM], env=env, check=True, capture_output=True,
-                                text=True).stdout)
+    return max(float(subprocess.run([sys.executable, "-c", GEMM], env=env, check=True, capture_output=True,
+                                    text=True).stdout) for _ in range(3))
+
+
+def int8_gemm_rate(threads):
+    """Achievable int8 GEMM ops/s (multiply-adds x 2) at the same shapes: one MatMulInteger
+    node (uint8 activations x int8 weights, int32 out) in onnxruntime, whose MLAS kernels
+    use AVX-512 VNNI where the CPU has it, as the quantized model's MatMulInteger nodes
+    do. Best of three 3-second runs."""
+    import onnx
+    from onnx import TensorProto, helper
+    m, k, n = 4096, 384, 1536
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.INT8, [k, n], rng.integers(-127, 127, (k, n), dtype=np.int8).tobytes(), raw=True)
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    a = {"a": rng.integers(0, 255, (m, k), dtype=np.uint8)}
+    sess.run(None, a)
+    best = 0.0
+    for _ in range(3):
+        runs, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 3:
+            sess.run(None, a)
+            runs += 1
+        best = max(best, 2 * m * k * n * runs / (time.perf_counter() - t0))
+    return best
 
 
 def flops_per_token(seq_len):
@@ -136,20 +196,24 @@ def flops_per_token(seq_len):
 
 
 def main():
-    calls = inputs()
+    calls, logits = inputs()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         opt = optimized(MODEL / "model.onnx", Path(tmp) / "model_opt.onnx")
+        from onnx_to_torch import convert
+        torch_dir = convert(MODEL, Path(tmp) / "torch")
         for threads in [1, 2]:
             for file in ["model.onnx", "model_int8.onnx"]:
                 row = {"threads": threads, "file": file}
                 row["engine"] = engine(file, threads)
                 row["python_ort"] = timed(python_ort(MODEL / file, threads), calls)
+                row["python_ort_sorted_b4"] = timed(python_ort(MODEL / file, threads, 4, True), calls)
                 if file == "model.onnx":
                     row["python_ort_optimized"] = timed(python_ort(opt, threads), calls)
                     row["sql"] = timed(sql(threads), calls)
+                    row["sentence_transformers"] = timed(sentence_transformers(torch_dir, threads, calls, logits), calls)
                 base = row["python_ort"]["median_ms"]
-                for k in ["engine", "python_ort_optimized", "sql"]:
+                for k in ["engine", "python_ort_sorted_b4", "python_ort_optimized", "sql", "sentence_transformers"]:
                     if k in row:
                         row[k]["speedup_vs_python_ort"] = base / row[k]["median_ms"]
                 results.append(row)
@@ -159,13 +223,19 @@ def main():
         fp, i8 = by[(t, "model.onnx")], by[(t, "model_int8.onnx")]
         fp["int8_engine_speedup_vs_fp32_engine"] = fp["engine"]["median_ms"] / i8["engine"]["median_ms"]
         fp["sql_over_engine"] = fp["sql"]["median_ms"] / fp["engine"]["median_ms"]
+        fp["engine_speedup_vs_sentence_transformers"] = (fp["sentence_transformers"]["median_ms"]
+                                                         / fp["engine"]["median_ms"])
         tokens = fp["engine"]["tokens_per_pair"]
         fp["model_flops_per_pair"] = tokens * flops_per_token(tokens)
         fp["gemm_flops_per_s"] = gemm_rate(t)
         fp["engine_fraction_of_gemm"] = fp["engine"]["pairs_per_s"] * fp["model_flops_per_pair"] / fp["gemm_flops_per_s"]
+        i8["model_ops_per_pair"] = fp["model_flops_per_pair"]
+        i8["int8_gemm_ops_per_s"] = int8_gemm_rate(t)
+        i8["engine_fraction_of_int8_gemm"] = i8["engine"]["pairs_per_s"] * i8["model_ops_per_pair"] / i8["int8_gemm_ops_per_s"]
         print(f"{t} thread(s): {tokens:.0f} tokens/pair, {fp['model_flops_per_pair'] / 1e9:.2f} GFLOP/pair, "
               f"GEMM {fp['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s, engine sustains "
-              f"{100 * fp['engine_fraction_of_gemm']:.0f}%", flush=True)
+              f"{100 * fp['engine_fraction_of_gemm']:.0f}%; int8 GEMM {i8['int8_gemm_ops_per_s'] / 1e9:.1f} GOP/s, "
+              f"int8 engine sustains {100 * i8['engine_fraction_of_int8_gemm']:.0f}%", flush=True)
     json.dump({"queries": QUERIES, "repeat": REPEAT, "results": results}, open(OUT_JSON, "w"), indent=1)
     plot(results)
 
@@ -175,21 +245,23 @@ def plot(results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     systems = [("engine", "pg_rerank engine"), ("sql", "rerank() in SQL"), ("python_ort", "Python onnxruntime"),
-               ("python_ort_optimized", "Python onnxruntime, optimized graph")]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+               ("python_ort_sorted_b4", "Python onnxruntime, batches of 4 sorted by length"),
+               ("python_ort_optimized", "Python onnxruntime, optimized graph"),
+               ("sentence_transformers", "sentence-transformers (PyTorch)")]
+    fig, ax = plt.subplots(figsize=(11, 5))
     groups = [(r["threads"], r["file"]) for r in results]
-    width = 0.2
+    width = 0.14
     for k, (key, label) in enumerate(systems):
         xs, ys = [], []
         for g, r in enumerate(results):
             if key in r:
-                xs.append(g + (k - 1.5) * width)
+                xs.append(g + (k - 2.5) * width)
                 ys.append(r[key]["pairs_per_s"])
         ax.bar(xs, ys, width, label=label)
     ax.set_xticks(range(len(groups)), [f"{f.replace('.onnx', '')}\n{t} thread{'s' if t > 1 else ''}" for t, f in groups])
     ax.set_ylabel("pairs/s (higher is better)")
     ax.set_title("MiniLM-L6 cross-encoder, 100 candidates per call, same inputs and threads")
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(OUT_PNG, dpi=110)
