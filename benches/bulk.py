@@ -2,7 +2,8 @@
 scored the way the dbt example does it (examples/dbt/macros/rerank_scores.sql: chunks of
 10,000 rows aggregated into arrays, one rerank_pairs() call per chunk, CREATE TABLE AS),
 against the engine alone scoring the same pairs in the same chunks with the same number
-of threads, in one run. Pair k is (dev query k mod 500, corpus document 7919 k mod
+of threads and the worker's session layout (one single-threaded session per thread), in
+one run. Pair k is (dev query k mod 500, corpus document 7919 k mod
 58018), so queries and documents mix as in a relevance-labelling job.
 
     python benches/bulk.py SHARED DSN ENGINE_BIN OUT_JSON [pairs] [model variant] [modes]
@@ -11,6 +12,7 @@ modes: comma-separated pg_rerank.execution values to measure (default worker, th
 deployment README.md recommends; worker,backend adds scoring in the backend).
 """
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,8 +53,10 @@ def pairs():
 
 
 def engine(path):
+    # Laid out as the worker runs on the CPU: one single-threaded session per thread.
+    env = dict(os.environ, BENCH_SESSIONS=str(THREADS))
     out = subprocess.run([ENGINE, SHARED, ONNX_FILE, str(THREADS), "--pairs", str(path), str(CHUNK)],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out)
 
 

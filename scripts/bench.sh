@@ -32,7 +32,7 @@ case "${1:-concurrency}" in
         ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/head_to_head.py "$SHARED" \
             "host=127.0.0.1 port=$PORT user=postgres dbname=bench" target/release/examples/bench_engine \
             benches/results/head_to_head.json docs/img/head_to_head.png \
-            "${PG_RERANK_BENCH_QUERIES:-5}" "${PG_RERANK_BENCH_REPEAT:-1}"
+            "${PG_RERANK_BENCH_QUERIES:-5}" "${PG_RERANK_BENCH_REPEAT:-3}"
         ;;
     end_to_end)
         .venv/bin/python scripts/load_corpus.py "host=127.0.0.1 port=$PORT user=postgres dbname=bench" "$SHARED/data/debian"

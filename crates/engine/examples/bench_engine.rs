@@ -36,6 +36,7 @@ fn main() {
         intra_threads: (threads / sessions).max(1),
         sessions,
         onnx_file: file.clone(),
+        spin: std::env::var("BENCH_SPIN").is_ok_and(|v| v == "1"),
         ..Default::default()
     };
     let model = Model::load(env, "minilm-debian", &shared.join("models/minilm-debian"), &opts).expect("model");
@@ -108,10 +109,12 @@ fn main() {
         }
     }
     let wall = started.elapsed().as_secs_f64();
+    let latencies = total.clone();
     println!(
         "{}",
         serde_json::json!({
             "system": "pg_rerank engine", "file": file, "threads": threads, "calls": total.len(),
+            "latencies_ms": latencies, "pairs": pairs, "wall_s": wall,
             "median_ms": median(&mut total), "tokenize_median_ms": median(&mut tok),
             "inference_median_ms": median(&mut inf), "pairs_per_s": pairs as f64 / wall,
             "tokens_per_pair": tokens as f64 / pairs as f64,

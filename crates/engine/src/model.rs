@@ -53,11 +53,16 @@ pub struct SessionOptions {
     /// Sessions that run batches at the same time, each with `intra_threads` threads
     /// (each holds its own copy of the weights).
     pub sessions: usize,
+    /// Let ONNX Runtime's intra-op threads spin between the operators of one inference
+    /// instead of sleeping (onnxruntime's own default). Faster with several threads and
+    /// small batches, but the threads burn CPU while they wait; off by default, as a
+    /// database server shares its cores. Nothing spins with one thread.
+    pub spin: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { intra_threads: 1, device: Device::Cpu, onnx_file: "model.onnx".to_string(), sessions: 1 }
+        Self { intra_threads: 1, device: Device::Cpu, onnx_file: "model.onnx".to_string(), sessions: 1, spin: false }
     }
 }
 
@@ -200,7 +205,7 @@ impl Model {
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
                 .with_intra_threads(opts.intra_threads.max(1))?
                 .with_inter_threads(1)?
-                .with_intra_op_spinning(false)?
+                .with_intra_op_spinning(opts.spin)?
                 .with_inter_op_spinning(false)?)
         })()
         .map_err(|e| {
