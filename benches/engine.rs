@@ -23,7 +23,8 @@ fn model(threads: usize) -> Model {
     let ort = std::env::var("ORT_DYLIB_PATH").unwrap_or("/usr/local/lib/onnxruntime/libonnxruntime.so.1.32.0".into());
     let env = runtime::init(std::path::Path::new(&ort)).expect("ONNX Runtime");
     let dir = shared().join("models/minilm-debian");
-    Model::load(env, "minilm-debian", &dir, &SessionOptions { intra_threads: threads, ..Default::default() }).expect("model")
+    Model::load(env, "minilm-debian", &dir, &SessionOptions { intra_threads: threads, ..Default::default() })
+        .expect("model")
 }
 
 /// The first query of the dev set and the first 100 corpus documents.
@@ -56,7 +57,9 @@ fn plan(c: &mut Criterion) {
     let m = model(1);
     let (q, docs) = inputs();
     let lengths: Vec<usize> = docs.iter().map(|d| m.encode(&q, d).expect("encode").ids.len()).collect();
-    c.bench_function("batch_plan_100_pairs", |b| b.iter(|| black_box(batch::plan(black_box(&lengths), BatchLimits::default()))));
+    c.bench_function("batch_plan_100_pairs", |b| {
+        b.iter(|| black_box(batch::plan(black_box(&lengths), BatchLimits::default())))
+    });
 }
 
 fn inference(c: &mut Criterion) {

@@ -30,7 +30,9 @@ pub fn worker_available() -> bool {
 fn not_preloaded() -> pgrx::pg_sys::panic::ErrorReport {
     report(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "the pg_rerank background worker is not available")
         .set_detail("pg_rerank.execution is worker, but pg_rerank is not in shared_preload_libraries.")
-        .set_hint("Add pg_rerank to shared_preload_libraries and restart the server, or SET pg_rerank.execution = auto.")
+        .set_hint(
+            "Add pg_rerank to shared_preload_libraries and restart the server, or SET pg_rerank.execution = auto.",
+        )
 }
 
 fn clip(s: &str) -> &str {
@@ -100,8 +102,7 @@ fn admit(sh: &'static Shared, n: u64) -> SqlResult<Ticket> {
             let queued = sh.queued_pairs.load(Ordering::Acquire);
             // A request larger than the whole queue runs alone, when the queue is empty.
             let fits = queued + n <= max || queued == 0;
-            if fits
-                && sh.queued_pairs.compare_exchange(queued, queued + n, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            if fits && sh.queued_pairs.compare_exchange(queued, queued + n, Ordering::AcqRel, Ordering::Acquire).is_ok()
             {
                 ticket.reserved = n;
             }
@@ -188,6 +189,9 @@ pub fn score(model: &str, pairs: &[(&str, &str)], raw: bool) -> SqlResult<(Vec<f
 }
 
 fn worker_gone() -> pgrx::pg_sys::panic::ErrorReport {
-    report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, "the pg_rerank background worker exited before it finished this request")
-        .set_hint("The postmaster restarts it; retry the call. The server log tells why it exited.")
+    report(
+        PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+        "the pg_rerank background worker exited before it finished this request",
+    )
+    .set_hint("The postmaster restarts it; retry the call. The server log tells why it exited.")
 }

@@ -12,10 +12,10 @@ mod error;
 mod guc;
 mod models;
 mod shmem;
-mod wire;
-mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
+mod wire;
+mod worker;
 
 #[cfg(not(panic = "unwind"))]
 compile_error!("pg_rerank must be built with panic = \"unwind\": pgrx turns Postgres errors into unwinding panics");

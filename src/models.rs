@@ -22,8 +22,9 @@ static LOADED: Mutex<Option<HashMap<Key, Arc<Model>>>> = Mutex::new(None);
 /// The model directory setting, or an error saying how to set it.
 pub fn model_dir() -> SqlResult<PathBuf> {
     guc::model_dir().map(PathBuf::from).ok_or_else(|| {
-        report(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "pg_rerank.model_dir is not set")
-            .set_hint("A superuser sets it in postgresql.conf or with ALTER SYSTEM SET pg_rerank.model_dir = '/path/to/models'.")
+        report(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "pg_rerank.model_dir is not set").set_hint(
+            "A superuser sets it in postgresql.conf or with ALTER SYSTEM SET pg_rerank.model_dir = '/path/to/models'.",
+        )
     })
 }
 

@@ -11,7 +11,12 @@ mod tests {
         Spi::connect(|c| {
             c.select(sql, None, &[])
                 .expect("query runs")
-                .map(|r| (r.get::<i32>(1).expect("idx").expect("not null"), r.get::<f32>(2).expect("score").expect("not null")))
+                .map(|r| {
+                    (
+                        r.get::<i32>(1).expect("idx").expect("not null"),
+                        r.get::<f32>(2).expect("score").expect("not null"),
+                    )
+                })
                 .collect()
         })
     }
@@ -39,9 +44,11 @@ mod tests {
         let p = Spi::get_one::<f32>("SELECT rerank_score('chess engine', 'GNU Chess is a chess-playing program')")
             .expect("spi")
             .expect("not null");
-        let raw = Spi::get_one::<f32>("SELECT rerank_score('chess engine', 'GNU Chess is a chess-playing program', raw => true)")
-            .expect("spi")
-            .expect("not null");
+        let raw = Spi::get_one::<f32>(
+            "SELECT rerank_score('chess engine', 'GNU Chess is a chess-playing program', raw => true)",
+        )
+        .expect("spi")
+        .expect("not null");
         assert!((p - 1.0 / (1.0 + (-raw).exp())).abs() < 1e-6, "sigmoid(raw) = score");
         let r = rows("SELECT idx, score FROM rerank('chess engine', ARRAY['GNU Chess is a chess-playing program'])");
         assert!((r[0].1 - p).abs() < 1e-6);
@@ -100,7 +107,8 @@ mod tests {
         for want in ["minilm-debian", "tiny/bert", "tiny/deberta-v2", "tiny/modernbert", "tiny/xlm-roberta"] {
             assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
         }
-        let ml = Spi::get_one::<i32>("SELECT max_length FROM rerank_models() WHERE name = 'minilm-debian'").expect("spi");
+        let ml =
+            Spi::get_one::<i32>("SELECT max_length FROM rerank_models() WHERE name = 'minilm-debian'").expect("spi");
         assert_eq!(ml, Some(256));
     }
 

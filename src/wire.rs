@@ -206,7 +206,9 @@ pub fn read_response(b: &[u8]) -> Result<(Vec<f32>, ScoreStats), EngineError> {
     match get32(b, 28) {
         SCORED => {
             let scores = (0..n)
-                .map(|i| f32::from_ne_bytes(b[scores_at() + 4 * i..scores_at() + 4 * i + 4].try_into().unwrap_or_default()))
+                .map(|i| {
+                    f32::from_ne_bytes(b[scores_at() + 4 * i..scores_at() + 4 * i + 4].try_into().unwrap_or_default())
+                })
                 .collect();
             let stats = ScoreStats {
                 pairs: get64(b, 48) as usize,

@@ -22,15 +22,14 @@ fn rerank_pairs(
 ) -> Result<Option<Vec<Option<f32>>>, ErrorReport> {
     let (Some(queries), Some(docs)) = (queries, docs) else { return Ok(None) };
     if queries.len() != docs.len() {
-        return Err(report(PgSqlErrorCode::ERRCODE_ARRAY_ELEMENT_ERROR, "queries and docs must have the same number of elements")
-            .set_detail(format!("queries has {} elements, docs has {}.", queries.len(), docs.len())));
+        return Err(report(
+            PgSqlErrorCode::ERRCODE_ARRAY_ELEMENT_ERROR,
+            "queries and docs must have the same number of elements",
+        )
+        .set_detail(format!("queries has {} elements, docs has {}.", queries.len(), docs.len())));
     }
-    let (positions, pairs): (Vec<usize>, Vec<(&str, &str)>) = queries
-        .iter()
-        .zip(docs.iter())
-        .enumerate()
-        .filter_map(|(i, (q, d))| Some((i, (q?, d?))))
-        .unzip();
+    let (positions, pairs): (Vec<usize>, Vec<(&str, &str)>) =
+        queries.iter().zip(docs.iter()).enumerate().filter_map(|(i, (q, d))| Some((i, (q?, d?)))).unzip();
     let mut out = vec![None; queries.len()];
     if pairs.is_empty() {
         return Ok(Some(out));

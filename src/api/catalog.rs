@@ -20,7 +20,9 @@ fn rerank_models() -> Result<
             name!(path, String),
             name!(loaded, bool),
         ),
-    >, ErrorReport> {
+    >,
+    ErrorReport,
+> {
     let root = models::model_dir()?;
     let rows: Vec<_> = registry::list(&root)
         .into_iter()

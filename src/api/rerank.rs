@@ -22,8 +22,11 @@ fn rerank(
     let query = query.ok_or_else(null_query)?;
     if let Some(n) = top_n {
         if n <= 0 {
-            return Err(report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("top_n must be positive, not {n}"))
-                .set_hint("Pass NULL to keep every document."));
+            return Err(report(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("top_n must be positive, not {n}"),
+            )
+            .set_hint("Pass NULL to keep every document."));
         }
     }
     let Some(docs) = docs else { return Ok(TableIterator::new(Vec::new())) };

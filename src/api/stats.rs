@@ -14,7 +14,6 @@ fn device_name(code: i32) -> Option<String> {
     }
 }
 
-
 /// One row per model the background worker has been asked for since the server started
 /// (or the statistics were reset). Empty without shared_preload_libraries. The p99
 /// columns are upper bounds of histogram buckets 19% wide. `inference_*` runs from the

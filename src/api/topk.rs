@@ -29,7 +29,10 @@ fn agg_context(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> pg_sys::MemoryCo
     let mut ctx: pg_sys::MemoryContext = std::ptr::null_mut();
     // SAFETY: fcinfo is the live call's; AggCheckCallContext only reads it.
     if unsafe { pg_sys::AggCheckCallContext(fcinfo, &mut ctx) } == 0 {
-        raise(report(PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, format!("{what} must be called as part of an aggregate")));
+        raise(report(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("{what} must be called as part of an aggregate"),
+        ));
     }
     ctx
 }
@@ -79,10 +82,16 @@ fn rerank_topk_sfunc(
         }
     };
     if st.query != query {
-        return Err(report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "query must be the same for every row of rerank_topk"));
+        return Err(report(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "query must be the same for every row of rerank_topk",
+        ));
     }
     if st.k != k {
-        return Err(report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "k must be the same for every row of rerank_topk"));
+        return Err(report(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "k must be the same for every row of rerank_topk",
+        ));
     }
     let (Some(id), Some(doc)) = (id, doc) else { return Ok(state) };
     check_doc_count(st.ids.len() + 1)?;

@@ -102,7 +102,8 @@ pub struct ModelConfig {
 fn read_json(path: &Path) -> Result<Option<Value>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            EngineError::new(ErrorKind::Corrupt, format!("could not parse \"{}\"", path.display())).with_detail(e.to_string())
+            EngineError::new(ErrorKind::Corrupt, format!("could not parse \"{}\"", path.display()))
+                .with_detail(e.to_string())
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(EngineError::new(ErrorKind::Corrupt, format!("could not read \"{}\"", path.display()))
@@ -170,7 +171,14 @@ impl ModelConfig {
             return Err(EngineError::new(ErrorKind::Corrupt, "reranker_prompt.json has no {doc} in its template"));
         }
 
-        Ok(ModelConfig { family, max_length, head: Head::Classifier { num_labels, positive }, pad_id, padding_side, prompt })
+        Ok(ModelConfig {
+            family,
+            max_length,
+            head: Head::Classifier { num_labels, positive },
+            pad_id,
+            padding_side,
+            prompt,
+        })
     }
 }
 
@@ -190,7 +198,9 @@ fn positive_label(config: &Value) -> usize {
 
 fn pad_from_tokenizer(tokenizer: &Value, tok_config: &Value) -> Option<i64> {
     let pad = tok_config.get("pad_token").and_then(Value::as_str)?;
-    tokenizer.get("added_tokens")?.as_array()?.iter().find_map(|t| {
-        (t.get("content")?.as_str()? == pad).then(|| t.get("id")?.as_i64()).flatten()
-    })
+    tokenizer
+        .get("added_tokens")?
+        .as_array()?
+        .iter()
+        .find_map(|t| (t.get("content")?.as_str()? == pad).then(|| t.get("id")?.as_i64()).flatten())
 }

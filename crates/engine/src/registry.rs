@@ -147,7 +147,10 @@ mod tests {
         for ok in ["minilm", "tiny/bert", "a.b-c_d", "x/y/z", "minilm:int8", "x/y:O2_avx-512"] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "..", "../etc", "/abs", "a//b", "a/../b", ".hidden", "a b", "a\\b", "tiny/", "m:", "m:a:b", "m:../x", ":int8", "m:a.b"] {
+        for bad in [
+            "", "..", "../etc", "/abs", "a//b", "a/../b", ".hidden", "a b", "a\\b", "tiny/", "m:", "m:a:b", "m:../x",
+            ":int8", "m:a.b",
+        ] {
             let e = validate_name(bad).expect_err(bad);
             assert_eq!(e.kind, ErrorKind::InvalidName, "{bad}");
         }

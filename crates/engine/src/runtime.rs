@@ -41,11 +41,9 @@ pub fn init(path: &Path) -> Result<&'static Environment> {
             EngineError::new(ErrorKind::Runtime, format!("could not load ONNX Runtime from \"{}\"", path.display()))
                 .with_detail(e.to_string())
         })?;
-        let env = builder
-            .with_name("pg_rerank")
-            .with_telemetry(false)
-            .build()
-            .map_err(|e| EngineError::new(ErrorKind::Runtime, "could not start ONNX Runtime").with_detail(e.to_string()))?;
+        let env = builder.with_name("pg_rerank").with_telemetry(false).build().map_err(|e| {
+            EngineError::new(ErrorKind::Runtime, "could not start ONNX Runtime").with_detail(e.to_string())
+        })?;
         Ok(Loaded { path: path.to_path_buf(), env })
     })?;
     Ok(&loaded.env)

@@ -137,7 +137,9 @@ fn registry_resolves_inside_root_only() {
     assert_eq!(registry::resolve(&root, "../data").expect_err("..").kind, ErrorKind::InvalidName);
     assert_eq!(registry::resolve(&root, "nope").expect_err("missing").kind, ErrorKind::ModelNotFound);
     let names: Vec<String> = registry::list(&root).into_iter().map(|(n, _)| n).collect();
-    for want in ["minilm-debian", "minilm-debian:int8", "tiny/bert", "tiny/xlm-roberta", "tiny/deberta-v2", "tiny/modernbert"] {
+    for want in
+        ["minilm-debian", "minilm-debian:int8", "tiny/bert", "tiny/xlm-roberta", "tiny/deberta-v2", "tiny/modernbert"]
+    {
         assert!(names.iter().any(|n| n == want), "{want} listed in {names:?}");
     }
     // A variant is a second ONNX graph in the same directory.

@@ -97,7 +97,11 @@ fn ndcg10(ranked: &[&str], relevant: &[String]) -> f64 {
         .map(|(i, _)| 1.0 / ((i + 2) as f64).log2())
         .sum();
     let idcg: f64 = (0..relevant.len().min(10)).map(|i| 1.0 / ((i + 2) as f64).log2()).sum();
-    if idcg > 0.0 { dcg / idcg } else { 0.0 }
+    if idcg > 0.0 {
+        dcg / idcg
+    } else {
+        0.0
+    }
 }
 
 /// Mean NDCG@10 over the 50 reference queries after reranking with `scores(qid, docs)`.
@@ -150,7 +154,9 @@ fn batching_restores_order() {
     let (qid, cands) = reference(1).remove(0);
     let docs: Vec<&str> = cands.iter().map(|(d, _)| corpus[d].as_str()).collect();
     let one = |limits| {
-        model.score(&queries[&qid], &docs, ScoreOptions { limits, raw: false, ..Default::default() }, &mut || Ok(())).expect("score")
+        model
+            .score(&queries[&qid], &docs, ScoreOptions { limits, raw: false, ..Default::default() }, &mut || Ok(()))
+            .expect("score")
     };
     let (alone, s1) = one(BatchLimits { max_tokens: 1, max_pairs: 1 });
     let (packed, s2) = one(BatchLimits { max_tokens: 2048, max_pairs: 64 });
