@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): starts a private cluster with pg_rerank preloaded, loads the
-# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, end_to_end, bulk). Results
+# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, sql_overhead, end_to_end, bulk). Results
 # go to benches/results/, plots to docs/img/. Run nothing else meanwhile: the figures are
 # ratios measured in one run, but a busy machine still skews them.
 source "$(dirname "$0")/lib.sh"
@@ -33,6 +33,13 @@ case "${1:-concurrency}" in
             "host=127.0.0.1 port=$PORT user=postgres dbname=bench" target/release/examples/bench_engine \
             benches/results/head_to_head.json docs/img/head_to_head.png \
             "${PG_RERANK_BENCH_QUERIES:-5}" "${PG_RERANK_BENCH_REPEAT:-3}"
+        ;;
+    sql_overhead)
+        cargo build --release -q -p pg_rerank_engine --example bench_engine
+        ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/head_to_head.py "$SHARED" \
+            "host=127.0.0.1 port=$PORT user=postgres dbname=bench" target/release/examples/bench_engine \
+            benches/results/sql_overhead.json /dev/null \
+            "${PG_RERANK_BENCH_QUERIES:-5}" "${PG_RERANK_BENCH_REPEAT:-8}" sql
         ;;
     end_to_end)
         .venv/bin/python scripts/load_corpus.py "host=127.0.0.1 port=$PORT user=postgres dbname=bench" "$SHARED/data/debian"
