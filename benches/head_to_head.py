@@ -17,7 +17,7 @@ per query, as a reranking service receives them. Systems, all in this one run:
 Reports the median time per 100-pair call and pairs/s, and ratios against Python
 onnxruntime on the model as given.
 
-    python benches/head_to_head.py SHARED DSN ENGINE_BIN OUT_JSON OUT_PNG [queries] [repeat] [sql]
+    python benches/head_to_head.py SHARED DSN ENGINE_BIN OUT_JSON OUT_PNG [queries] [repeat] [all|sql]
 
 With `sql` last, only the engine and rerank() in SQL run (see sql_only).
 """
@@ -60,10 +60,9 @@ def inputs():
     return calls, logits
 
 
-def timed(fn, calls, repeat=None):
+def timed(fn, calls, repeat=REPEAT):
     fn(*calls[0])  # warm-up
     lat = []
-    repeat = REPEAT if repeat is None else repeat
     t0 = time.perf_counter()
     for _ in range(repeat):
         for args in calls:
@@ -166,8 +165,7 @@ def sql(threads, file):
                                         (q, docs, model)).fetchall()
 
 
-def engine(file, threads, repeat=None):
-    repeat = REPEAT if repeat is None else repeat
+def engine(file, threads, repeat=REPEAT):
     out = subprocess.run([ENGINE, SHARED, file, str(threads), str(QUERIES), str(repeat)],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)

@@ -21,36 +21,34 @@ psql -q -d postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'bench'" | gr
 # The extension as just built and installed, not one left from an older build.
 psql -q -d bench -c "DROP EXTENSION IF EXISTS pg_rerank CASCADE" -c "CREATE EXTENSION pg_rerank"
 mkdir -p benches/results docs/img
+DSN="host=127.0.0.1 port=$PORT user=postgres dbname=bench"
+# The engine alone, for the benchmarks that compare SQL with it.
+ENGINE=target/release/examples/bench_engine
+build_engine() { cargo build --release -q -p pg_rerank_engine --example bench_engine; }
 case "${1:-concurrency}" in
     concurrency)
-        .venv/bin/python benches/concurrency.py "host=127.0.0.1 port=$PORT user=postgres dbname=bench" \
+        .venv/bin/python benches/concurrency.py "$DSN" \
             "$SHARED/data/debian/corpus.jsonl" benches/results/concurrency.json docs/img/concurrency.png \
             "${PG_RERANK_BENCH_SECONDS:-10}"
         ;;
-    head_to_head)
-        cargo build --release -q -p pg_rerank_engine --example bench_engine
-        ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/head_to_head.py "$SHARED" \
-            "host=127.0.0.1 port=$PORT user=postgres dbname=bench" target/release/examples/bench_engine \
-            benches/results/head_to_head.json docs/img/head_to_head.png \
-            "${PG_RERANK_BENCH_QUERIES:-5}" "${PG_RERANK_BENCH_REPEAT:-3}"
-        ;;
-    sql_overhead)
-        cargo build --release -q -p pg_rerank_engine --example bench_engine
-        ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/head_to_head.py "$SHARED" \
-            "host=127.0.0.1 port=$PORT user=postgres dbname=bench" target/release/examples/bench_engine \
-            benches/results/sql_overhead.json /dev/null \
-            "${PG_RERANK_BENCH_QUERIES:-5}" "${PG_RERANK_BENCH_REPEAT:-8}" sql
+    head_to_head | sql_overhead)
+        # sql_overhead: head_to_head's engine and SQL only, with more rounds and no plot.
+        if [ "$1" = head_to_head ]; then plot=docs/img/head_to_head.png rounds=3 only=all
+        else plot=/dev/null rounds=8 only=sql; fi
+        build_engine
+        ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/head_to_head.py "$SHARED" "$DSN" "$ENGINE" \
+            "benches/results/$1.json" "$plot" \
+            "${PG_RERANK_BENCH_QUERIES:-5}" "${PG_RERANK_BENCH_REPEAT:-$rounds}" "$only"
         ;;
     end_to_end)
-        .venv/bin/python scripts/load_corpus.py "host=127.0.0.1 port=$PORT user=postgres dbname=bench" "$SHARED/data/debian"
-        .venv/bin/python benches/end_to_end.py "$SHARED" "host=127.0.0.1 port=$PORT user=postgres dbname=bench" \
+        .venv/bin/python scripts/load_corpus.py "$DSN" "$SHARED/data/debian"
+        .venv/bin/python benches/end_to_end.py "$SHARED" "$DSN" \
             benches/results/end_to_end.json docs/img/end_to_end.png \
             "${PG_RERANK_BENCH_QUERIES:-20}" "${PG_RERANK_BENCH_REPEAT:-3}"
         ;;
     bulk)
-        cargo build --release -q -p pg_rerank_engine --example bench_engine
-        ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/bulk.py "$SHARED" \
-            "host=127.0.0.1 port=$PORT user=postgres dbname=bench" target/release/examples/bench_engine \
+        build_engine
+        ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/bulk.py "$SHARED" "$DSN" "$ENGINE" \
             benches/results/bulk.json "${PG_RERANK_BENCH_PAIRS:-100000}" "${PG_RERANK_BENCH_VARIANT-int8}" "${PG_RERANK_BENCH_MODES:-worker}"
         ;;
     *) echo "unknown benchmark: $1" >&2; exit 2 ;;
