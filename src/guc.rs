@@ -44,15 +44,18 @@ static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 /// Model used when a call names none. Any user may set it per session.
 static MODEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// Path of `libonnxruntime.so`. Superuser only; read once per backend, at first use.
+/// Path of `libonnxruntime.so`. Server start only: a process loads one library once and
+/// cannot swap it.
 static ONNXRUNTIME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_ORT));
 
 /// ONNX Runtime intra-op threads per backend. 1 keeps a busy server predictable; raise it
-/// for few, large reranks. Takes effect when a backend next loads the model.
+/// for few, large reranks. Takes effect when a backend next loads the model. Superuser:
+/// every thread is a core taken from the other sessions.
 static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 
 /// Token budget of one batch: rows x padded length. Larger batches amortise overhead but
-/// hold more memory while they run.
+/// hold more memory while they run (attention grows with the square of the length), so
+/// only a superuser sets it.
 static MAX_BATCH_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// Most pairs in one batch.
@@ -60,6 +63,29 @@ static MAX_BATCH_PAIRS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// Most documents one call may rerank: a guard against accidentally scoring a table.
 static MAX_DOCS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// Most pairs one rerank_pairs() call may score: bulk calls are meant for chunks of a
+/// table (the dbt example sends 10,000 rows a call), not a whole table in one array.
+static MAX_PAIRS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+
+/// Priority of this session's calls in the worker.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PrioritySetting {
+    /// rerank(), rerank_score() and rerank_topk are interactive; rerank_pairs() is bulk.
+    #[name = c"auto"]
+    Auto,
+    /// Every call of this session is bulk (a batch job that uses rerank()).
+    #[name = c"bulk"]
+    Bulk,
+}
+
+static PRIORITY: GucSetting<PrioritySetting> = GucSetting::<PrioritySetting>::new(PrioritySetting::Auto);
+
+/// Percent of the worker's model time that bulk calls get while interactive ones wait.
+static BULK_SHARE: GucSetting<i32> = GucSetting::<i32>::new(20);
+
+/// Memory budget of the worker's loaded models, in MB; least recently used go first.
+static WORKER_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(2048);
 
 /// Where `scripts/setup.sh` installs the library.
 const DEFAULT_ORT: &CStr = c"/usr/local/lib/onnxruntime/libonnxruntime.so.1.32.0";
@@ -84,9 +110,9 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"pg_rerank.onnxruntime",
         c"Path of the ONNX Runtime shared library (libonnxruntime.so).",
-        c"Loaded once per server process, on the first call that needs a model.",
+        c"Set at server start; loaded once per server process, on the first call that needs a model.",
         &ONNXRUNTIME,
-        GucContext::Suset,
+        GucContext::Postmaster,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -96,7 +122,7 @@ pub fn init() {
         &THREADS,
         1,
         64,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -106,7 +132,7 @@ pub fn init() {
         &MAX_BATCH_TOKENS,
         0,
         1 << 20,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -116,7 +142,7 @@ pub fn init() {
         &MAX_BATCH_PAIRS,
         0,
         4096,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -134,7 +160,7 @@ pub fn init() {
         c"Where pairs are scored: auto, backend or worker.",
         c"auto uses the background worker when it is running (shared_preload_libraries) and the calling backend otherwise.",
         &EXECUTION,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -193,6 +219,45 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"pg_rerank.max_pairs",
+        c"Most pairs one rerank_pairs() call may score.",
+        c"Calls with more pairs fail with SQLSTATE 54000; score a table in chunks of rows.",
+        &MAX_PAIRS,
+        1,
+        100_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_rerank.priority",
+        c"Priority of this session's calls in the background worker: auto or bulk.",
+        c"auto: rerank(), rerank_score() and rerank_topk go ahead of rerank_pairs(); bulk: every call waits behind interactive ones.",
+        &PRIORITY,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_rerank.bulk_share",
+        c"Percent of the worker's model time guaranteed to bulk calls while interactive calls wait.",
+        c"0: bulk runs only when no interactive pair waits; 100: bulk goes first.",
+        &BULK_SHARE,
+        0,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_rerank.worker_memory",
+        c"Memory budget of the models the background worker keeps loaded.",
+        c"Estimated from the model files (the graph once per session); the least recently used model is unloaded first. A model larger than the budget still loads, alone.",
+        &WORKER_MEMORY,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MB,
+    );
+    // SAFETY: called from _PG_init in the process's main thread, as Postgres expects.
     unsafe {
         pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_rerank".as_ptr());
     }
@@ -263,4 +328,20 @@ pub fn max_queued_pairs() -> u64 {
 
 pub fn queue_timeout_ms() -> i64 {
     i64::from(QUEUE_TIMEOUT.get().max(0))
+}
+
+pub fn max_pairs() -> usize {
+    MAX_PAIRS.get().max(1) as usize
+}
+
+pub fn priority() -> PrioritySetting {
+    PRIORITY.get()
+}
+
+pub fn bulk_share() -> f64 {
+    f64::from(BULK_SHARE.get().clamp(0, 100)) / 100.0
+}
+
+pub fn worker_memory_bytes() -> u64 {
+    u64::try_from(WORKER_MEMORY.get().max(1)).unwrap_or(1) << 20
 }

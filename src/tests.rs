@@ -136,6 +136,11 @@ mod tests {
         assert_eq!(show("pg_rerank.batch_wait"), "2ms");
         assert_eq!(show("pg_rerank.max_queued_pairs"), "20000");
         assert_eq!(show("pg_rerank.queue_timeout"), "10s");
+        assert_eq!(show("pg_rerank.priority"), "auto");
+        assert_eq!(show("pg_rerank.bulk_share"), "20");
+        assert_eq!(show("pg_rerank.worker_memory"), "2GB");
+        assert_eq!(show("pg_rerank.max_pairs"), "100000");
+        Spi::run("SET pg_rerank.priority = bulk").expect("any user may lower a session's priority");
         Spi::run("SET pg_rerank.execution = backend").expect("set");
         Spi::run("SET pg_rerank.queue_timeout = '250ms'").expect("set");
         assert_eq!(show("pg_rerank.queue_timeout"), "250ms");
@@ -148,6 +153,7 @@ mod tests {
         let state = Spi::get_one::<String>("SELECT state FROM pg_rerank_worker()").expect("spi");
         assert_eq!(state.as_deref(), Some("not preloaded"));
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM pg_rerank_stats").expect("spi"), Some(0));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM pg_rerank_progress").expect("spi"), Some(0));
         let auto = rows("SELECT idx, score FROM rerank('chess', ARRAY['GNU Chess', 'zlib'])");
         Spi::run("SET pg_rerank.execution = backend").expect("set");
         let backend = rows("SELECT idx, score FROM rerank('chess', ARRAY['GNU Chess', 'zlib'])");
@@ -168,5 +174,23 @@ mod tests {
     #[pg_test(error = "parameter \"pg_rerank.device\" cannot be changed now")]
     fn device_is_a_server_setting() {
         Spi::run("SET pg_rerank.device = 'cuda'").expect("fails");
+    }
+
+    #[pg_test(error = "parameter \"pg_rerank.onnxruntime\" cannot be changed without restarting the server")]
+    fn onnxruntime_is_set_at_server_start() {
+        Spi::run("SET pg_rerank.onnxruntime = '/tmp/other.so'").expect("fails");
+    }
+
+    #[pg_test(error = "too many pairs to score: 3, the limit is 2")]
+    fn max_pairs_is_enforced() {
+        Spi::run("SET pg_rerank.max_pairs = 2").expect("set");
+        Spi::run("SELECT rerank_pairs(ARRAY['q','q','q'], ARRAY['a','b','c'])").expect("fails");
+    }
+
+    #[pg_test]
+    fn a_session_in_bulk_priority_scores_the_same() {
+        let auto = rows("SELECT idx, score FROM rerank('chess', ARRAY['GNU Chess', 'zlib'])");
+        Spi::run("SET pg_rerank.priority = bulk").expect("set");
+        assert_eq!(rows("SELECT idx, score FROM rerank('chess', ARRAY['GNU Chess', 'zlib'])"), auto);
     }
 }

@@ -3,50 +3,99 @@
 //! change (release/acquire) orders these writes for the reader.
 //!
 //! ```text
-//! 0   magic u32 | raw u32 | request u64 | pairs u32 | model len u32 | unused u32
-//! 28  status u32 (0 pending, 1 scored, 2 error) | error kind u32 | message len u32
-//! 40  detail len u32 | model dir len u32 | pairs u64 | tokens u64 | truncated u64 | batches u64
-//! 80  scores: pairs x f32, then pairs x (query offset u64, query length u64, document
-//!     offset u64, document length u64), then the error text (ERROR_TEXT bytes), then the
-//!     model directory, the model name, and the texts: each query once for a run of pairs
-//!     that share it, followed by the documents of that run
+//! Header (80 bytes, below)
+//! scores       pairs x f32, padded to 8 bytes
+//! index        pairs x PairIndex (offsets of each pair's query and document)
+//! error text   ERROR_TEXT bytes: message, then detail
+//! texts        model directory, model name, then each query once for a run of pairs
+//!              that share it, followed by the documents of that run
 //! ```
+//!
+//! Segments are page-aligned, so the typed views below never fail on alignment; a segment
+//! that does not hold a request of this layout reads as None.
 
+use bytemuck::{Pod, Zeroable};
 use pg_rerank_engine::{EngineError, ErrorKind, ScoreStats};
 
 const MAGIC: u32 = 0x5052_4b31;
-const HEADER: usize = 80;
+/// Bumped with every change of the layout.
+const VERSION: u32 = 2;
 const ERROR_TEXT: usize = 4096;
-const PENDING: u32 = 0;
-const SCORED: u32 = 1;
-const FAILED: u32 = 2;
 
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
-}
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_ne_bytes());
-}
-fn get32(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes(b[at..at + 4].try_into().unwrap_or_default())
-}
-fn get64(b: &[u8], at: usize) -> u64 {
-    u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or_default())
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Status {
+    Pending = 0,
+    Scored = 1,
+    Failed = 2,
 }
 
-fn scores_at() -> usize {
-    HEADER
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Header {
+    magic: u32,
+    version: u32,
+    request: u64,
+    pairs: u32,
+    raw: u32,
+    dir_len: u32,
+    model_len: u32,
+    status: u32,
+    error_kind: u32,
+    message_len: u32,
+    detail_len: u32,
+    stat_pairs: u64,
+    stat_tokens: u64,
+    stat_truncated: u64,
+    stat_batches: u64,
 }
-fn index_at(n: usize) -> usize {
-    HEADER + 4 * n.next_multiple_of(2)
-}
-const INDEX_ENTRY: usize = 32;
 
-fn error_at(n: usize) -> usize {
-    index_at(n) + INDEX_ENTRY * n
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PairIndex {
+    query_at: u64,
+    query_len: u64,
+    doc_at: u64,
+    doc_len: u64,
 }
-fn texts_at(n: usize) -> usize {
-    error_at(n) + ERROR_TEXT
+
+const HEADER: usize = std::mem::size_of::<Header>();
+
+struct Layout {
+    n: usize,
+}
+
+impl Layout {
+    fn scores(&self) -> std::ops::Range<usize> {
+        HEADER..HEADER + 4 * self.n
+    }
+    fn index(&self) -> std::ops::Range<usize> {
+        let at = HEADER + 4 * self.n.next_multiple_of(2);
+        at..at + std::mem::size_of::<PairIndex>() * self.n
+    }
+    fn error(&self) -> std::ops::Range<usize> {
+        let at = self.index().end;
+        at..at + ERROR_TEXT
+    }
+    fn texts(&self) -> usize {
+        self.error().end
+    }
+}
+
+fn header(b: &[u8]) -> Option<&Header> {
+    let h: &Header = bytemuck::try_from_bytes(b.get(..HEADER)?).ok()?;
+    (h.magic == MAGIC && h.version == VERSION).then_some(h)
+}
+
+fn header_mut(b: &mut [u8]) -> Option<&mut Header> {
+    let h: &mut Header = bytemuck::try_from_bytes_mut(b.get_mut(..HEADER)?).ok()?;
+    (h.magic == MAGIC && h.version == VERSION).then_some(h)
+}
+
+/// The layout of a segment whose header says it holds `pairs` pairs, if it is that big.
+fn layout(b: &[u8]) -> Option<Layout> {
+    let l = Layout { n: header(b)?.pairs as usize };
+    (b.len() >= l.texts()).then_some(l)
 }
 
 /// Pairs whose query is the same as the previous pair's share one copy of it.
@@ -57,21 +106,30 @@ fn new_query(pairs: &[(&str, &str)], i: usize) -> bool {
 /// Bytes a request needs.
 pub fn size(dir: &str, model: &str, pairs: &[(&str, &str)]) -> usize {
     let queries: usize = (0..pairs.len()).filter(|&i| new_query(pairs, i)).map(|i| pairs[i].0.len()).sum();
-    texts_at(pairs.len()) + dir.len() + model.len() + queries + pairs.iter().map(|(_, d)| d.len()).sum::<usize>()
+    Layout { n: pairs.len() }.texts()
+        + dir.len()
+        + model.len()
+        + queries
+        + pairs.iter().map(|(_, d)| d.len()).sum::<usize>()
 }
 
-/// Writes a request into `b` (exactly `size(...)` bytes).
+/// Writes a request into `b` (exactly `size(...)` bytes, 8-byte aligned).
 pub fn write_request(b: &mut [u8], request: u64, raw: bool, dir: &str, model: &str, pairs: &[(&str, &str)]) {
     let n = pairs.len();
-    b[..HEADER].fill(0);
-    put32(b, 0, MAGIC);
-    put32(b, 4, u32::from(raw));
-    put64(b, 8, request);
-    put32(b, 16, n as u32);
-    put32(b, 20, model.len() as u32);
-    put32(b, 28, PENDING);
-    put32(b, 44, dir.len() as u32);
-    let mut at = texts_at(n);
+    let l = Layout { n };
+    let h = Header {
+        magic: MAGIC,
+        version: VERSION,
+        request,
+        pairs: n as u32,
+        raw: u32::from(raw),
+        dir_len: dir.len() as u32,
+        model_len: model.len() as u32,
+        status: Status::Pending as u32,
+        ..Zeroable::zeroed()
+    };
+    b[..HEADER].copy_from_slice(bytemuck::bytes_of(&h));
+    let mut at = l.texts();
     let mut put_text = |b: &mut [u8], s: &str| {
         b[at..at + s.len()].copy_from_slice(s.as_bytes());
         at += s.len();
@@ -79,18 +137,16 @@ pub fn write_request(b: &mut [u8], request: u64, raw: bool, dir: &str, model: &s
     };
     put_text(b, dir);
     put_text(b, model);
+    let mut index = Vec::with_capacity(n);
     let mut query_at = 0;
     for (i, (q, d)) in pairs.iter().enumerate() {
         if new_query(pairs, i) {
             query_at = put_text(b, q);
         }
         let doc_at = put_text(b, d);
-        let e = index_at(n) + INDEX_ENTRY * i;
-        put64(b, e, query_at);
-        put64(b, e + 8, q.len() as u64);
-        put64(b, e + 16, doc_at);
-        put64(b, e + 24, d.len() as u64);
+        index.push(PairIndex { query_at, query_len: q.len() as u64, doc_at, doc_len: d.len() as u64 });
     }
+    b[l.index()].copy_from_slice(bytemuck::cast_slice(&index));
 }
 
 /// A request as the worker sees it, borrowing the segment.
@@ -104,47 +160,42 @@ pub struct Request<'a> {
     pub pairs: Vec<(&'a str, &'a str)>,
 }
 
-fn text(b: &[u8], at: usize, len: usize) -> Option<&str> {
-    std::str::from_utf8(b.get(at..at.checked_add(len)?)?).ok()
+fn text(b: &[u8], at: u64, len: u64) -> Option<&str> {
+    let at = usize::try_from(at).ok()?;
+    let end = at.checked_add(usize::try_from(len).ok()?)?;
+    std::str::from_utf8(b.get(at..end)?).ok()
 }
 
-/// Reads a request; None when the segment is not a request of ours.
+/// Reads a request; None when the segment is not a request of this layout.
 pub fn read_request(b: &[u8]) -> Option<Request<'_>> {
-    if b.len() < HEADER || get32(b, 0) != MAGIC {
-        return None;
+    let h = header(b)?;
+    let l = layout(b)?;
+    let at = l.texts() as u64;
+    let dir = text(b, at, u64::from(h.dir_len))?;
+    let model = text(b, at + u64::from(h.dir_len), u64::from(h.model_len))?;
+    let index: &[PairIndex] = bytemuck::try_cast_slice(&b[l.index()]).ok()?;
+    let pairs = index
+        .iter()
+        .map(|e| Some((text(b, e.query_at, e.query_len)?, text(b, e.doc_at, e.doc_len)?)))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Request { request: h.request, raw: h.raw != 0, dir, model, pairs })
+}
+
+/// Worker: the request is scored. False when the segment is not a request.
+pub fn put_done(b: &mut [u8], scores: &[f32], stats: &ScoreStats) -> bool {
+    let Some(l) = layout(b) else { return false };
+    if scores.len() != l.n {
+        return false;
     }
-    let n = get32(b, 16) as usize;
-    let (ml, dl) = (get32(b, 20) as usize, get32(b, 44) as usize);
-    let at = texts_at(n);
-    let dir = text(b, at, dl)?;
-    let model = text(b, at + dl, ml)?;
-    let mut pairs = Vec::with_capacity(n);
-    for i in 0..n {
-        let e = index_at(n) + INDEX_ENTRY * i;
-        let q = text(b, get64(b, e) as usize, get64(b, e + 8) as usize)?;
-        let d = text(b, get64(b, e + 16) as usize, get64(b, e + 24) as usize)?;
-        pairs.push((q, d));
-    }
-    Some(Request { request: get64(b, 8), raw: get32(b, 4) != 0, dir, model, pairs })
-}
-
-/// Worker: one score.
-pub fn put_score(b: &mut [u8], i: usize, score: f32) {
-    let at = scores_at() + 4 * i;
-    b[at..at + 4].copy_from_slice(&score.to_ne_bytes());
-}
-
-fn put_stats(b: &mut [u8], s: &ScoreStats) {
-    put64(b, 48, s.pairs as u64);
-    put64(b, 56, s.tokens as u64);
-    put64(b, 64, s.truncated as u64);
-    put64(b, 72, s.batches as u64);
-}
-
-/// Worker: the request is scored.
-pub fn put_done(b: &mut [u8], stats: &ScoreStats) {
-    put_stats(b, stats);
-    put32(b, 28, SCORED);
+    let Ok(out) = bytemuck::try_cast_slice_mut::<u8, f32>(&mut b[l.scores()]) else { return false };
+    out.copy_from_slice(scores);
+    let Some(h) = header_mut(b) else { return false };
+    h.stat_pairs = stats.pairs as u64;
+    h.stat_tokens = stats.tokens as u64;
+    h.stat_truncated = stats.truncated as u64;
+    h.stat_batches = stats.batches as u64;
+    h.status = Status::Scored as u32;
+    true
 }
 
 fn kind_code(k: ErrorKind) -> u32 {
@@ -186,48 +237,47 @@ fn clip(s: &str, max: usize) -> &str {
     &s[..n]
 }
 
-/// Worker: the request failed with `e`.
-pub fn put_error(b: &mut [u8], e: &EngineError) {
-    let n = get32(b, 16) as usize;
-    let at = error_at(n);
+/// Worker: the request failed with `e`. False when the segment is not a request.
+pub fn put_error(b: &mut [u8], e: &EngineError) -> bool {
+    let Some(l) = layout(b) else { return false };
+    let at = l.error().start;
     let msg = clip(&e.message, ERROR_TEXT / 2);
     let detail = clip(e.detail.as_deref().unwrap_or(""), ERROR_TEXT - msg.len());
     b[at..at + msg.len()].copy_from_slice(msg.as_bytes());
     b[at + msg.len()..at + msg.len() + detail.len()].copy_from_slice(detail.as_bytes());
-    put32(b, 32, kind_code(e.kind));
-    put32(b, 36, msg.len() as u32);
-    put32(b, 40, detail.len() as u32);
-    put32(b, 28, FAILED);
+    let Some(h) = header_mut(b) else { return false };
+    h.error_kind = kind_code(e.kind);
+    h.message_len = msg.len() as u32;
+    h.detail_len = detail.len() as u32;
+    h.status = Status::Failed as u32;
+    true
 }
 
 /// Backend: the scores and statistics, or the worker's error.
 pub fn read_response(b: &[u8]) -> Result<(Vec<f32>, ScoreStats), EngineError> {
-    let n = get32(b, 16) as usize;
-    match get32(b, 28) {
-        SCORED => {
-            let scores = (0..n)
-                .map(|i| {
-                    f32::from_ne_bytes(b[scores_at() + 4 * i..scores_at() + 4 * i + 4].try_into().unwrap_or_default())
-                })
-                .collect();
+    let unreadable = || EngineError::new(ErrorKind::Inference, "the pg_rerank worker returned no result");
+    let (Some(h), Some(l)) = (header(b), layout(b)) else { return Err(unreadable()) };
+    match h.status {
+        s if s == Status::Scored as u32 => {
+            let scores: &[f32] = bytemuck::try_cast_slice(&b[l.scores()]).map_err(|_| unreadable())?;
             let stats = ScoreStats {
-                pairs: get64(b, 48) as usize,
-                tokens: get64(b, 56) as usize,
-                truncated: get64(b, 64) as usize,
-                batches: get64(b, 72) as usize,
+                pairs: h.stat_pairs as usize,
+                tokens: h.stat_tokens as usize,
+                truncated: h.stat_truncated as usize,
+                batches: h.stat_batches as usize,
             };
-            Ok((scores, stats))
+            Ok((scores.to_vec(), stats))
         }
-        FAILED => {
-            let at = error_at(n);
-            let (ml, dl) = (get32(b, 36) as usize, get32(b, 40) as usize);
+        s if s == Status::Failed as u32 => {
+            let at = l.error().start as u64;
+            let (ml, dl) = (u64::from(h.message_len), u64::from(h.detail_len));
             let msg = text(b, at, ml).unwrap_or("the pg_rerank worker failed");
-            let mut e = EngineError::new(code_kind(get32(b, 32)), msg);
+            let mut e = EngineError::new(code_kind(h.error_kind), msg);
             if let Some(d) = text(b, at + ml, dl).filter(|d| !d.is_empty()) {
                 e = e.with_detail(d);
             }
             Err(e)
         }
-        _ => Err(EngineError::new(ErrorKind::Inference, "the pg_rerank worker returned no result")),
+        _ => Err(unreadable()),
     }
 }

@@ -1,19 +1,24 @@
 //! The background worker: one model session per model for the whole server, fed with the
 //! pairs of every waiting backend.
 //!
-//! Each round takes every queued request (after waiting up to pg_rerank.batch_wait for
-//! more), tokenizes their pairs on worker threads, sorts all pairs of a model by length
-//! and cuts them into batches under pg_rerank.max_batch_tokens / max_batch_pairs, like
-//! text-embeddings-inference's queue. A request is answered as soon as its last pair is
-//! scored; pairs of requests withdrawn meanwhile are skipped. Only this process's main
-//! thread calls into Postgres: tokenizer and ONNX Runtime threads only compute.
+//! This file only moves bytes between shared memory and the engine: it takes queued
+//! requests from their slots, tokenizes them, hands them to `pg_rerank_engine::Scheduler`
+//! (which decides what runs next: interactive before bulk with a guaranteed share for bulk,
+//! batches cut under the token and pair budget, new requests joining between batches),
+//! runs the batches it cuts, and answers each request the moment its last pair is scored.
+//! Between batches it drops requests whose owner withdrew or died, and frees slots whose
+//! owner is gone. Only this process's main thread calls into Postgres: tokenizer and ONNX
+//! Runtime threads only compute.
 
 use crate::guc;
-use crate::shmem::{self, ModelStats, Shared, CANCELLED, DONE, QUEUED, RUNNING, SLOTS};
+use crate::shmem::{self, ModelStats, Outcome, Shared, SlotState, WorkerState, SLOTS};
 use crate::wire;
 use parking_lot::Mutex;
+use pg_rerank_engine::cache::{Failures, Lru};
+use pg_rerank_engine::scheduler::{Group, RequestId};
 use pg_rerank_engine::{
-    batch, finish, registry, runtime, Device, EngineError, ErrorKind, Model, ScoreStats, SessionOptions,
+    finish, registry, runtime, Batch, BatchLimits, Device, Encoded, EngineError, ErrorKind, Finished, Model, Policy,
+    Priority, Scheduler, ScoreStats, SessionOptions,
 };
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys;
@@ -26,6 +31,10 @@ use std::time::{Duration, Instant};
 
 /// How long a model that failed to load answers with that error before it is tried again.
 const RETRY_LOAD: Duration = Duration::from_secs(10);
+/// Most load failures remembered (names that do not exist are never remembered).
+const MAX_FAILURES: usize = 32;
+/// How often every slot is checked for an owner that is gone.
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Registers the worker; called from `_PG_init` during shared_preload_libraries.
 pub fn register() {
@@ -38,25 +47,40 @@ pub fn register() {
         .load();
 }
 
-/// A request taken from its slot for this round.
-struct Taken {
+/// Slots of the requests this process holds, for the exit callback.
+static IN_FLIGHT: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// (model directory, model name).
+type Key = (String, String);
+
+/// A request the worker has taken from its slot.
+struct Live {
     slot: usize,
     seg: *mut pg_sys::dsm_segment,
     buf: &'static mut [u8],
+    raw: bool,
+    priority: Priority,
+    group: Group,
+    encoded: Vec<Encoded>,
+    stats: ScoreStats,
+    model_stats: Option<&'static ModelStats>,
     submitted_us: i64,
     taken_us: i64,
 }
 
-/// Slots of the requests this process holds, for the exit callback.
-static IN_FLIGHT: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-
-/// A loaded model, or why it failed to load and when.
-type Loaded = Result<Arc<Model>, (EngineError, Instant)>;
-
 struct Worker {
     shared: &'static Shared,
-    /// Keyed by (model directory, name).
-    models: HashMap<(String, String), Loaded>,
+    generation: u64,
+    sched: Scheduler,
+    live: HashMap<RequestId, Live>,
+    models: Lru<Key, Arc<Model>>,
+    failures: Failures<Key, EngineError>,
+    /// Batch-sharing group of each model that has loaded, and back.
+    groups: HashMap<Key, Group>,
+    keys: HashMap<Group, Key>,
+    /// Device of each group's loaded model (batch limits follow it).
+    devices: HashMap<Group, Device>,
+    last_reap: Instant,
 }
 
 #[pg_guard]
@@ -67,21 +91,30 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
         log!("pg_rerank worker: no shared memory (pg_rerank is not in shared_preload_libraries)");
         return;
     };
+    // SAFETY: registered from the worker's main thread before it takes any request.
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
-    shared.worker_state.store(shmem::W_STARTING, Ordering::Release);
-    shared.worker_procno.store(unsafe { (*pg_sys::MyProc).pgprocno }, Ordering::Release);
-    shared.worker_pid.store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
-    shared.worker_starts.fetch_add(1, Ordering::AcqRel);
-    // A previous worker that died left cancelled slots behind: nobody else frees them.
-    for i in 0..SLOTS {
-        if shared.slots[i].state.load(Ordering::Acquire) == CANCELLED {
-            shared.free_slot(i);
-        }
-    }
+    shared.worker_state.store(WorkerState::Starting);
+    let (procno, pid) = shmem::my_proc();
+    shared.worker_procno.store(procno, Ordering::Release);
+    let generation = shared.worker_starts.fetch_add(1, Ordering::AcqRel) + 1;
+    shared.worker_pid.store(pid, Ordering::Release);
 
-    let mut w = Worker { shared, models: HashMap::new() };
+    let mut w = Worker {
+        shared,
+        generation,
+        sched: Scheduler::new(policy()),
+        live: HashMap::new(),
+        models: Lru::new(guc::worker_memory_bytes()),
+        failures: Failures::new(MAX_FAILURES, RETRY_LOAD),
+        groups: HashMap::new(),
+        keys: HashMap::new(),
+        devices: HashMap::new(),
+        last_reap: Instant::now(),
+    };
+    // Slots an earlier worker left behind whose owners are gone or gave up.
+    w.reap_all();
     w.preload();
-    shared.worker_state.store(shmem::W_READY, Ordering::Release);
+    shared.worker_state.store(WorkerState::Ready);
     log!("pg_rerank worker ready: device {}, {} threads", guc::device(), guc::worker_threads());
 
     loop {
@@ -89,65 +122,69 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
             break;
         }
         if BackgroundWorker::sighup_received() {
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            w.models.clear();
-            w.preload();
-            shared.reloads.fetch_add(1, Ordering::AcqRel);
-            log!("pg_rerank worker reloaded its settings and models: device {}", guc::device());
+            w.reload();
         }
-        let mut round = w.take();
-        if round.is_empty() {
-            shmem::wait_latch(1000);
+        w.drop_withdrawn();
+        if w.last_reap.elapsed() >= REAP_EVERY {
+            w.reap_all();
+        }
+        let was_idle = w.sched.is_empty();
+        w.admit();
+        if w.sched.is_empty() {
+            shmem::wait_latch(REAP_EVERY.as_millis() as i64);
             continue;
         }
-        let wait_ms = guc::batch_wait_ms();
-        if wait_ms > 0 {
-            let deadline = shmem::now_us() + wait_ms * 1000;
-            // Gather until a full batch is queued, for the configured device.
-            let device = Device::parse(&guc::device()).unwrap_or(Device::Cpu);
-            let max_pairs = guc::batch_limits(device).max_pairs;
-            loop {
-                let pairs: usize =
-                    round.iter().map(|t| shared.slots[t.slot].pairs.load(Ordering::Relaxed) as usize).sum();
-                let left_ms = (deadline - shmem::now_us()) / 1000;
-                if pairs >= max_pairs || left_ms <= 0 {
-                    break;
-                }
-                shmem::wait_latch(left_ms);
-                round.extend(w.take());
-            }
+        if was_idle {
+            w.gather();
         }
-        w.serve(round);
+        w.run_wave();
     }
+    // SAFETY: ends the worker the Postgres way, running the exit callbacks.
     unsafe { pg_sys::proc_exit(1) };
 }
 
+fn policy() -> Policy {
+    Policy { bulk_share: guc::bulk_share() }
+}
+
 /// Says the worker is gone, then wakes the backends waiting on the requests it held:
-/// they see it gone and fail with `client::worker_gone` (58000), and the next worker frees
-/// their slots.
+/// they see it gone and fail with `client::worker_gone` (58000), and free their slots.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     let Some(sh) = shmem::get() else { return };
-    sh.worker_state.store(shmem::W_STOPPED, Ordering::Release);
+    sh.worker_state.store(WorkerState::Stopped);
     sh.worker_procno.store(-1, Ordering::Release);
     sh.worker_pid.store(0, Ordering::Release);
     for slot in IN_FLIGHT.lock().drain(..) {
-        shmem::wake(sh.slots[slot].procno.load(Ordering::Acquire));
+        shmem::wake(sh.slots[slot].owner_procno.load(Ordering::Acquire));
     }
 }
 
-/// Answers a request and hands its slot back (or frees it, if it was withdrawn).
-fn finish_request(sh: &Shared, slot: usize, buf: &mut [u8], result: Result<&ScoreStats, &EngineError>) {
-    let s = &sh.slots[slot];
-    match result {
-        Ok(stats) => wire::put_done(buf, stats),
-        Err(e) => wire::put_error(buf, e),
+fn device_code(d: Device) -> i32 {
+    match d {
+        Device::Cpu => -1,
+        Device::Cuda(n) => n,
     }
-    if s.state.compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-        shmem::wake(s.procno.load(Ordering::Acquire));
-    } else {
-        sh.free_slot(slot);
+}
+
+/// Attaches a request's segment; None when it is gone.
+fn attach(handle: u32) -> Option<(*mut pg_sys::dsm_segment, &'static mut [u8])> {
+    // SAFETY: dsm_attach returns null for a segment that no longer exists; a mapping we
+    // got stays valid until we detach it, and only this thread touches it meanwhile (the
+    // owner waits for Done before it reads).
+    unsafe {
+        let seg = pg_sys::dsm_attach(handle);
+        if seg.is_null() {
+            return None;
+        }
+        let len = pg_sys::dsm_segment_map_length(seg);
+        Some((seg, std::slice::from_raw_parts_mut(pg_sys::dsm_segment_address(seg).cast::<u8>(), len)))
     }
+}
+
+fn detach(seg: *mut pg_sys::dsm_segment) {
+    // SAFETY: seg was attached by this process and is detached once.
+    unsafe { pg_sys::dsm_detach(seg) };
 }
 
 impl Worker {
@@ -169,10 +206,24 @@ impl Worker {
     /// Loads the default model so the first call does not wait for it.
     fn preload(&mut self) {
         if let (Some(dir), Some(name)) = (guc::model_dir(), guc::model()) {
-            if let Err(e) = self.model(&dir, &name) {
+            if let Err(e) = self.model(&(dir, name.clone())) {
                 warning!("pg_rerank worker could not load model \"{name}\": {e}");
             }
         }
+    }
+
+    fn reload(&mut self) {
+        // SAFETY: re-reads the configuration file, from the worker's main thread.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        self.models.clear();
+        self.failures.clear();
+        self.devices.clear();
+        self.models.set_budget(guc::worker_memory_bytes());
+        self.sched.set_policy(policy());
+        self.publish_cache();
+        self.preload();
+        self.shared.reloads.fetch_add(1, Ordering::AcqRel);
+        log!("pg_rerank worker reloaded its settings and models: device {}", guc::device());
     }
 
     fn load(&self, root: &str, name: &str) -> Result<Arc<Model>, EngineError> {
@@ -191,21 +242,41 @@ impl Worker {
         }
     }
 
-    fn model(&mut self, root: &str, name: &str) -> Result<Arc<Model>, EngineError> {
-        let key = (root.to_string(), name.to_string());
-        if let Some(l) = self.models.get(&key) {
-            match l {
-                Ok(m) => return Ok(Arc::clone(m)),
-                Err((e, at)) if at.elapsed() < RETRY_LOAD => return Err(e.clone()),
-                Err(_) => {}
-            }
+    fn publish_cache(&self) {
+        self.shared.models_loaded.store(self.models.len() as u32, Ordering::Relaxed);
+        self.shared.model_bytes.store(self.models.bytes(), Ordering::Relaxed);
+        self.shared.failures_cached.store(self.failures.len() as u32, Ordering::Relaxed);
+    }
+
+    /// The loaded model of `key`, loading it (and evicting others past the memory budget)
+    /// if needed. The name is checked before anything touches the disk; names that do not
+    /// exist are not remembered, other failures for RETRY_LOAD.
+    fn model(&mut self, key: &Key) -> Result<Arc<Model>, EngineError> {
+        registry::validate_name(&key.1)?;
+        if let Some(m) = self.models.get(key) {
+            return Ok(Arc::clone(m));
         }
-        let result = self.load(root, name);
-        // Only models that load get a statistics entry: typos must not use them up.
-        let stats = if result.is_ok() { self.shared.model_stats(name) } else { None };
+        if let Some(e) = self.failures.get(key, Instant::now()) {
+            return Err(e);
+        }
+        let result = self.load(&key.0, &key.1);
         match &result {
             Ok(m) => {
-                if let Some(st) = stats {
+                let next = self.groups.len() as Group;
+                let group = *self.groups.entry(key.clone()).or_insert(next);
+                self.keys.insert(group, key.clone());
+                self.devices.insert(group, m.device());
+                let (sched, groups) = (&self.sched, &self.groups);
+                let pinned = |k: &Key| groups.get(k).is_some_and(|g| sched.uses(*g));
+                for old in self.models.insert(key.clone(), Arc::clone(m), m.memory_bytes(), &pinned) {
+                    log!("pg_rerank worker unloaded model \"{}\" (pg_rerank.worker_memory)", old.1);
+                    if let Some(st) = self.shared.find_stats(&old.1) {
+                        st.evictions.fetch_add(1, Ordering::Relaxed);
+                        st.device.store(-2, Ordering::Relaxed);
+                    }
+                }
+                // Only models that load get a statistics entry: typos must not use them up.
+                if let Some(st) = self.shared.model_stats(&key.1) {
                     st.loads.fetch_add(1, Ordering::Relaxed);
                     st.device.store(device_code(m.device()), Ordering::Relaxed);
                 }
@@ -216,267 +287,298 @@ impl Worker {
                     self.shared.set_status("");
                 }
             }
-            Err(e) => self.shared.set_status(&format!("model \"{name}\": {e}")),
+            Err(e) if matches!(e.kind, ErrorKind::ModelNotFound | ErrorKind::InvalidName) => {}
+            Err(e) => {
+                self.shared.set_status(&format!("model \"{}\": {e}", key.1));
+                self.failures.insert(key.clone(), e.clone(), Instant::now());
+            }
         }
-        let model = result.map_err(|e| (e, Instant::now()));
-        self.models.insert(key, model.clone());
-        model.map_err(|(e, _)| e)
+        self.publish_cache();
+        result
     }
 
-    /// Takes every queued request.
-    fn take(&self) -> Vec<Taken> {
-        let mut out = Vec::new();
+    fn limits(devices: &HashMap<Group, Device>, group: Group) -> BatchLimits {
+        guc::batch_limits(devices.get(&group).copied().unwrap_or(Device::Cpu))
+    }
+
+    /// Takes every queued request: tokenizes it and hands it to the scheduler, or answers
+    /// it at once when it cannot run (unreadable, unknown model, bad text).
+    fn admit(&mut self) {
+        let sh = self.shared;
         for i in 0..SLOTS {
-            let s = &self.shared.slots[i];
-            if s.state.load(Ordering::Acquire) != QUEUED
-                || s.state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err()
-            {
+            let s = &sh.slots[i];
+            if s.state.load() != SlotState::Queued || !s.state.cas(SlotState::Queued, SlotState::Running) {
                 continue;
             }
-            let seg = unsafe { pg_sys::dsm_attach(s.dsm.load(Ordering::Acquire)) };
-            if seg.is_null() {
-                // The backend gave up and its segment is gone.
-                self.withdraw(i);
+            s.generation.store(self.generation, Ordering::Release);
+            s.started_at.store(shmem::wall_us(), Ordering::Relaxed);
+            let Some((seg, buf)) = attach(s.dsm.load(Ordering::Acquire)) else {
+                // The segment is gone: never write to it. Its owner, if alive, gets an error.
+                self.lost(i);
                 continue;
-            }
-            let len = unsafe { pg_sys::dsm_segment_map_length(seg) };
-            let buf = unsafe { std::slice::from_raw_parts_mut(pg_sys::dsm_segment_address(seg).cast::<u8>(), len) };
+            };
             IN_FLIGHT.lock().push(i);
-            out.push(Taken {
+            let request = s.request.load(Ordering::Acquire);
+            let priority = if s.priority.load(Ordering::Relaxed) == 1 { Priority::Bulk } else { Priority::Interactive };
+            let mut live = Live {
                 slot: i,
                 seg,
                 buf,
+                raw: false,
+                priority,
+                group: 0,
+                encoded: Vec::new(),
+                stats: ScoreStats::default(),
+                model_stats: None,
                 submitted_us: s.submitted_us.load(Ordering::Relaxed),
                 taken_us: shmem::now_us(),
-            });
+            };
+            // The request id guards against a segment handle reused since it was queued.
+            let parsed = wire::read_request(live.buf)
+                .filter(|r| r.request == request)
+                .map(|r| ((r.dir.to_string(), r.model.to_string()), r.raw, r.pairs));
+            let Some((key, raw, pairs)) = parsed else {
+                detach(live.seg);
+                IN_FLIGHT.lock().retain(|&x| x != i);
+                self.lost(i);
+                continue;
+            };
+            live.raw = raw;
+            let model = match self.model(&key) {
+                Ok(m) => m,
+                Err(e) => {
+                    live.model_stats = self.shared.find_stats(&key.1);
+                    self.answer(live, Err(e), 0);
+                    continue;
+                }
+            };
+            live.model_stats = self.shared.model_stats(&key.1);
+            let started = shmem::now_us();
+            let encoded: Result<Vec<Encoded>, EngineError> =
+                model.encode_many(&pairs, guc::worker_threads()).into_iter().collect();
+            drop(pairs);
+            if let Some(st) = live.model_stats {
+                st.tokenize_us.fetch_add((shmem::now_us() - started).max(0) as u64, Ordering::Relaxed);
+            }
+            match encoded {
+                // One bad pair fails its own request, never a neighbour's.
+                Err(e) => self.answer(live, Err(e), 0),
+                Ok(encoded) => {
+                    live.stats = ScoreStats {
+                        pairs: encoded.len(),
+                        tokens: encoded.iter().map(|e| e.ids.len()).sum(),
+                        truncated: encoded.iter().filter(|e| e.truncated).count(),
+                        batches: 0,
+                    };
+                    let lengths = encoded.iter().map(|e| e.ids.len()).collect();
+                    live.encoded = encoded;
+                    let group = self.groups[&key];
+                    live.group = group;
+                    match self.sched.submit(request, group, priority, lengths) {
+                        Some(f) => self.answer(live, f.result, 0),
+                        None => {
+                            self.live.insert(request, live);
+                        }
+                    }
+                }
+            }
         }
-        out
     }
 
-    /// A request in RUNNING that we will not answer: hand it back as cancelled.
-    fn withdraw(&self, slot: usize) {
+    /// A request whose segment could not be read: never written; its owner, if alive, is
+    /// told, else the slot is freed.
+    fn lost(&self, slot: usize) {
         let s = &self.shared.slots[slot];
-        if s.state.compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            shmem::wake(s.procno.load(Ordering::Acquire));
+        s.outcome.store(Outcome::Lost);
+        if s.owner_alive() && s.state.cas(SlotState::Running, SlotState::Done) {
+            shmem::wake(s.owner_procno.load(Ordering::Acquire));
         } else {
             self.shared.free_slot(slot);
         }
     }
 
-    fn cancelled(&self, slot: usize) -> bool {
-        self.shared.slots[slot].state.load(Ordering::Acquire) == CANCELLED
-    }
-
-    fn serve(&mut self, round: Vec<Taken>) {
-        // Group by model; parse each request (borrowing its segment).
-        let mut by_model: HashMap<(String, String), Vec<usize>> = HashMap::new();
-        let mut reqs = Vec::with_capacity(round.len());
-        for (k, t) in round.iter().enumerate() {
-            // The request id guards against a segment handle reused since it was queued.
-            let expected = self.shared.slots[t.slot].request.load(Ordering::Acquire);
-            match wire::read_request(t.buf).filter(|r| r.request == expected) {
-                Some(r) => {
-                    by_model.entry((r.dir.to_string(), r.model.to_string())).or_default().push(k);
-                    reqs.push(Some(r));
-                }
-                None => reqs.push(None),
-            }
+    /// After a start with nothing to do, waits up to pg_rerank.batch_wait for more requests,
+    /// until a full wave of batches waits.
+    fn gather(&mut self) {
+        let wait_ms = guc::batch_wait_ms();
+        if wait_ms == 0 {
+            return;
         }
-        let mut outcome: Vec<Option<Result<ScoreStats, EngineError>>> = vec![None; round.len()];
-        for (k, r) in reqs.iter().enumerate() {
-            if r.is_none() {
-                outcome[k] = Some(Err(EngineError::new(
-                    ErrorKind::Inference,
-                    "the pg_rerank worker could not read the request",
-                )));
+        let deadline = shmem::now_us() + wait_ms * 1000;
+        // A full wave: one full batch per session of the model first in line.
+        let full = self.live.values().next().map_or(0, |l| {
+            let device = self.devices.get(&l.group).copied().unwrap_or(Device::Cpu);
+            let sessions = if device == Device::Cpu { guc::worker_threads() } else { 1 };
+            guc::batch_limits(device).max_pairs * sessions
+        });
+        while self.sched.waiting_pairs() < full {
+            let left_ms = (deadline - shmem::now_us()) / 1000;
+            if left_ms <= 0 {
+                break;
             }
-        }
-        let mut writes: Vec<Vec<(usize, f32)>> = vec![Vec::new(); round.len()];
-        for ((dir, name), members) in &by_model {
-            let model = match self.model(dir, name) {
-                Ok(m) => m,
-                Err(e) => {
-                    if let Some(st) = self.shared.find_stats(name) {
-                        st.errors.fetch_add(members.len() as u64, Ordering::Relaxed);
-                    }
-                    for &k in members {
-                        outcome[k] = Some(Err(e.clone()));
-                    }
-                    continue;
-                }
-            };
-            let stats = self.shared.model_stats(name);
-            self.run_model(&model, stats, members, &round, &reqs, &mut outcome, &mut writes);
-        }
-        drop(reqs);
-        for (k, t) in round.into_iter().enumerate() {
-            let Taken { slot, seg, buf, .. } = t;
-            for &(i, s) in &writes[k] {
-                wire::put_score(buf, i, s);
-            }
-            IN_FLIGHT.lock().retain(|&s| s != slot);
-            match outcome[k].take() {
-                Some(Ok(st)) => finish_request(self.shared, slot, buf, Ok(&st)),
-                Some(Err(e)) => finish_request(self.shared, slot, buf, Err(&e)),
-                None => self.withdraw(slot),
-            }
-            unsafe { pg_sys::dsm_detach(seg) };
+            shmem::wait_latch(left_ms);
+            self.admit();
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_model(
-        &self,
-        model: &Model,
-        stats: Option<&ModelStats>,
-        members: &[usize],
-        round: &[Taken],
-        reqs: &[Option<wire::Request<'_>>],
-        outcome: &mut [Option<Result<ScoreStats, EngineError>>],
-        writes: &mut [Vec<(usize, f32)>],
-    ) {
-        // Every pair of the model's requests: (request, doc index).
-        let mut owner = Vec::new();
-        let mut texts = Vec::new();
-        for &k in members {
-            let r = reqs[k].as_ref().expect("parsed");
-            for (i, pair) in r.pairs.iter().enumerate() {
-                owner.push((k, i));
-                texts.push(*pair);
-            }
-        }
-        let threads = guc::worker_threads();
-        let tokenize_start = shmem::now_us();
-        let encoded = model.encode_many(&texts, threads);
-        if let Some(st) = stats {
-            st.tokenize_us.fetch_add((shmem::now_us() - tokenize_start).max(0) as u64, Ordering::Relaxed);
-        }
-        let mut per_req: HashMap<usize, ScoreStats> = HashMap::new();
-        let mut remaining: HashMap<usize, usize> = HashMap::new();
-        let mut failed: HashMap<usize, EngineError> = HashMap::new();
-        let mut ok_idx = Vec::new();
-        for (p, e) in encoded.iter().enumerate() {
-            let k = owner[p].0;
-            match e {
-                Ok(e) => {
-                    let st = per_req.entry(k).or_default();
-                    st.pairs += 1;
-                    st.tokens += e.ids.len();
-                    st.truncated += usize::from(e.truncated);
-                    *remaining.entry(k).or_default() += 1;
-                    ok_idx.push(p);
+    /// Runs the next batch, and beside it as many more of the same model as it has
+    /// sessions; answers every request this completes.
+    fn run_wave(&mut self) {
+        let devices = &self.devices;
+        let Some(first) = self.sched.next_batch(&|g| Self::limits(devices, g)) else { return };
+        let group = first.group;
+        let key = self.keys[&group].clone();
+        let model = match self.model(&key) {
+            Ok(m) => m,
+            Err(e) => {
+                // The model was reloaded and broke meanwhile: fail its requests.
+                for id in self.sched.ids_in(group) {
+                    if let Some(f) = self.sched.fail(id, e.clone()) {
+                        self.finished(f);
+                    }
                 }
-                Err(err) => {
-                    failed.entry(k).or_insert_with(|| err.clone());
-                }
+                return;
+            }
+        };
+        let limits = Self::limits(&self.devices, group);
+        let mut wave = vec![first];
+        while wave.len() < model.parallel() {
+            match self.sched.next_batch_in(group, limits) {
+                Some(b) => wave.push(b),
+                None => break,
             }
         }
-        for &k in members {
-            if let Some(e) = failed.remove(&k) {
-                outcome[k] = Some(Err(e));
-                remaining.remove(&k);
-            } else if !remaining.contains_key(&k) {
-                outcome[k] = Some(Ok(ScoreStats::default()));
-            }
-        }
-        let live: Vec<usize> = ok_idx.into_iter().filter(|p| remaining.contains_key(&owner[*p].0)).collect();
-        let lengths: Vec<usize> = live.iter().map(|&p| encoded[p].as_ref().map_or(0, |e| e.ids.len())).collect();
-        let limits = guc::batch_limits(model.device());
-        let mut done_at: HashMap<usize, i64> = HashMap::new();
-        let plan = batch::plan(&lengths, limits);
-        // As many batches at once as the model has sessions.
-        for wave in plan.chunks(model.parallel()) {
-            let wave: Vec<Vec<usize>> = wave
+        let results = {
+            let rows: Vec<Vec<&Encoded>> = wave
                 .iter()
-                .map(|rows| {
-                    rows.iter()
-                        .map(|&r| live[r])
-                        .filter(|&p| {
-                            let k = owner[p].0;
-                            remaining.contains_key(&k) && outcome[k].is_none() && !self.cancelled(round[k].slot)
-                        })
-                        .collect::<Vec<usize>>()
-                })
-                .filter(|rows| !rows.is_empty())
+                .map(|b| b.rows.iter().map(|r| &self.live[&r.request].encoded[r.pair]).collect())
                 .collect();
-            let batches: Vec<Vec<_>> =
-                wave.iter().map(|rows| rows.iter().filter_map(|&p| encoded[p].as_ref().ok()).collect()).collect();
-            let results = model.run_many(&batches);
-            for (rows, result) in wave.into_iter().zip(results) {
-                let mut owners: Vec<usize> = rows.iter().map(|&p| owner[p].0).collect();
-                owners.dedup();
-                if let Some(st) = stats {
-                    st.batches.fetch_add(1, Ordering::Relaxed);
-                    st.batched_pairs.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                    if owners.iter().any(|&k| k != owners[0]) {
-                        st.shared_batches.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                match result {
-                    Ok(scores) => {
-                        for (&p, s) in rows.iter().zip(scores) {
-                            let (k, i) = owner[p];
-                            let raw = reqs[k].as_ref().is_some_and(|r| r.raw);
-                            writes[k].push((i, finish(s, raw)));
-                            // A batch of the same wave may have failed the request already.
-                            let Some(left) = remaining.get_mut(&k) else {
-                                continue;
-                            };
-                            *left -= 1;
-                            if *left == 0 {
-                                remaining.remove(&k);
-                                done_at.insert(k, shmem::now_us());
-                                outcome[k] = Some(Ok(per_req.get(&k).copied().unwrap_or_default()));
-                            }
-                        }
-                        for k in owners {
-                            if let Some(st) = per_req.get_mut(&k) {
-                                st.batches += 1;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        for k in owners {
-                            if remaining.remove(&k).is_some() {
-                                outcome[k] = Some(Err(e.clone()));
-                            }
-                        }
-                    }
-                }
+            model.run_many(&rows)
+        };
+        for (batch, result) in wave.iter().zip(results) {
+            self.count_batch(batch);
+            for f in self.sched.complete(batch, result) {
+                self.finished(f);
             }
         }
-        // A request with no outcome was withdrawn by its backend.
+    }
+
+    fn count_batch(&self, batch: &Batch) {
+        let Some(first) = self.live.get(&batch.rows[0].request) else { return };
+        if let Some(st) = first.model_stats {
+            st.batches.fetch_add(1, Ordering::Relaxed);
+            st.batched_pairs.fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
+            if batch.shared() {
+                st.shared_batches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for row in &batch.rows {
+            if let Some(l) = self.live.get(&row.request) {
+                self.shared.slots[l.slot].scored.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn finished(&mut self, f: Finished) {
+        if let Some(live) = self.live.remove(&f.id) {
+            self.answer(live, f.result, f.batches);
+        }
+    }
+
+    /// Writes a request's result into its segment and hands the slot back (or frees it,
+    /// if the owner withdrew meanwhile).
+    fn answer(&mut self, mut live: Live, result: Result<Vec<f32>, EngineError>, batches: usize) {
         let now = shmem::now_us();
-        for &k in members {
-            let t = &round[k];
-            let Some(st) = stats else { continue };
-            match &outcome[k] {
-                Some(Ok(s)) => {
+        if let Some(st) = live.model_stats {
+            match &result {
+                Ok(_) => {
                     st.requests.fetch_add(1, Ordering::Relaxed);
-                    st.pairs.fetch_add(s.pairs as u64, Ordering::Relaxed);
-                    st.tokens.fetch_add(s.tokens as u64, Ordering::Relaxed);
-                    st.truncated.fetch_add(s.truncated as u64, Ordering::Relaxed);
-                    let wait = (t.taken_us - t.submitted_us).max(0) as u64;
-                    let run = (done_at.get(&k).copied().unwrap_or(now) - t.taken_us).max(0) as u64;
+                    match live.priority {
+                        Priority::Interactive => st.interactive_requests.fetch_add(1, Ordering::Relaxed),
+                        Priority::Bulk => st.bulk_requests.fetch_add(1, Ordering::Relaxed),
+                    };
+                    st.pairs.fetch_add(live.stats.pairs as u64, Ordering::Relaxed);
+                    st.tokens.fetch_add(live.stats.tokens as u64, Ordering::Relaxed);
+                    st.truncated.fetch_add(live.stats.truncated as u64, Ordering::Relaxed);
+                    let wait = (live.taken_us - live.submitted_us).max(0) as u64;
+                    let run = (now - live.taken_us).max(0) as u64;
                     st.queue_wait_us.fetch_add(wait, Ordering::Relaxed);
                     st.inference_us.fetch_add(run, Ordering::Relaxed);
                     st.queue_wait.record(wait);
                     st.inference.record(run);
                 }
-                Some(Err(_)) => {
+                Err(_) => {
                     st.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                None => {
-                    st.cancelled.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
+        let written = match result {
+            Ok(raw_scores) => {
+                let scores: Vec<f32> = raw_scores.into_iter().map(|s| finish(s, live.raw)).collect();
+                wire::put_done(live.buf, &scores, &ScoreStats { batches, ..live.stats })
+            }
+            Err(e) => wire::put_error(live.buf, &e),
+        };
+        let s = &self.shared.slots[live.slot];
+        if !written {
+            s.outcome.store(Outcome::Lost);
+        }
+        detach(live.seg);
+        live.encoded = Vec::new();
+        IN_FLIGHT.lock().retain(|&x| x != live.slot);
+        if s.state.cas(SlotState::Running, SlotState::Done) {
+            shmem::wake(s.owner_procno.load(Ordering::Acquire));
+        } else {
+            self.shared.free_slot(live.slot);
+        }
     }
-}
 
-fn device_code(d: Device) -> i32 {
-    match d {
-        Device::Cpu => -1,
-        Device::Cuda(n) => n,
+    /// Drops the requests whose owner withdrew them (cancel, timeout, error) or died: their
+    /// pairs are not scored, their slots are freed.
+    fn drop_withdrawn(&mut self) {
+        let gone: Vec<RequestId> = self
+            .live
+            .iter()
+            .filter(|(_, l)| {
+                let s = &self.shared.slots[l.slot];
+                s.state.load() == SlotState::Cancelled || !s.owner_alive()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.sched.cancel(id);
+            let Some(live) = self.live.remove(&id) else { continue };
+            if let Some(st) = live.model_stats {
+                st.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            detach(live.seg);
+            IN_FLIGHT.lock().retain(|&x| x != live.slot);
+            self.shared.free_slot(live.slot);
+        }
+    }
+
+    /// Frees the slots that nobody will free: cancelled ones an earlier worker held, and
+    /// any whose owner is gone without releasing it.
+    fn reap_all(&mut self) {
+        self.last_reap = Instant::now();
+        let mine: Vec<usize> = self.live.values().map(|l| l.slot).collect();
+        for i in 0..SLOTS {
+            let s = &self.shared.slots[i];
+            let state = s.state.load();
+            if state == SlotState::Free || mine.contains(&i) {
+                continue;
+            }
+            let orphan = match state {
+                SlotState::Cancelled => true,
+                // Pid 0: its owner is between claiming it and signing it.
+                SlotState::Claimed if s.owner_pid.load(Ordering::Acquire) == 0 => false,
+                _ => !s.owner_alive(),
+            };
+            // Take the slot from the state we saw, so a live owner's move wins.
+            if orphan && s.state.cas(state, SlotState::Claimed) {
+                self.shared.free_slot(i);
+                self.shared.reaped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }

@@ -6,38 +6,69 @@ mod rerank;
 mod stats;
 mod topk;
 
+use crate::client::{self, CallProgress};
 use crate::error::{engine, report, SqlResult};
-use crate::guc::{self, Execution};
-use crate::{client, models};
-use pg_rerank_engine::ScoreOptions;
+use crate::guc::{self, Execution, PrioritySetting};
+use crate::models;
+use pg_rerank_engine::{Priority, ScoreOptions};
 use pgrx::PgSqlErrorCode;
 
-/// Pairs per request to the worker: a bulk call is sent in requests of this size, one
-/// after the other, so it never needs more room in the queue than this.
-const WORKER_REQUEST_PAIRS: usize = 4096;
+/// Pairs per request to the worker: a larger call is sent in requests of this size, one
+/// after the other, so it never needs more room in the queue than this, and the worker
+/// tokenizes a bounded amount between two batches.
+const WORKER_REQUEST_PAIRS: usize = 1024;
 
-/// Scores `docs` against `query` with `model` (None: pg_rerank.model).
+/// Texts longer than this many characters are cut before they are sent to the worker or
+/// kept by an aggregate. The engine cuts a text at 32 characters per token of the model's
+/// maximum length anyway, so no model of up to 8192 tokens sees a difference; this bounds
+/// memory for huge documents.
+pub(crate) const MAX_TEXT_CHARS: usize = 32 * 8192;
+
+/// The first MAX_TEXT_CHARS characters of `s`.
+pub(crate) fn clip_text(s: &str) -> &str {
+    if s.len() <= MAX_TEXT_CHARS {
+        return s;
+    }
+    match s.char_indices().nth(MAX_TEXT_CHARS) {
+        Some((b, _)) => &s[..b],
+        None => s,
+    }
+}
+
+/// Scores `docs` against `query` with `model` (None: pg_rerank.model), as an interactive call.
 pub(crate) fn score(model: Option<&str>, query: &str, docs: &[&str], raw: bool) -> SqlResult<Vec<f32>> {
     let pairs: Vec<(&str, &str)> = docs.iter().map(|d| (query, *d)).collect();
-    score_pairs(model, &pairs, raw)
+    score_pairs(model, &pairs, raw, Priority::Interactive)
 }
 
 /// Scores (query, document) pairs with `model` (None: pg_rerank.model), in the background
-/// worker or in this backend as pg_rerank.execution says. Both check for query cancel and
+/// worker or in this backend as pg_rerank.execution says, at priority `class` (or bulk,
+/// when the session says pg_rerank.priority = bulk). Both check for query cancel and
 /// statement_timeout while they work.
-pub(crate) fn score_pairs(model: Option<&str>, pairs: &[(&str, &str)], raw: bool) -> SqlResult<Vec<f32>> {
+pub(crate) fn score_pairs(
+    model: Option<&str>,
+    pairs: &[(&str, &str)],
+    raw: bool,
+    class: Priority,
+) -> SqlResult<Vec<f32>> {
     let name = models::model_name(model)?;
     let in_worker = match guc::execution() {
         Execution::Backend => false,
         Execution::Worker => true,
-        Execution::Auto => client::worker_available(),
+        Execution::Auto => client::preloaded(),
     };
     if !in_worker {
         return score_here(&name, pairs, raw);
     }
+    let priority = match guc::priority() {
+        PrioritySetting::Bulk => Priority::Bulk,
+        PrioritySetting::Auto => class,
+    };
     let mut scores = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(WORKER_REQUEST_PAIRS) {
-        scores.extend(client::score(&name, chunk, raw)?.0);
+        let clipped: Vec<(&str, &str)> = chunk.iter().map(|(q, d)| (clip_text(q), clip_text(d))).collect();
+        let call = CallProgress { total: pairs.len() as u64, done: scores.len() as u64 };
+        scores.extend(client::score(&name, &clipped, raw, priority, call)?.0);
     }
     Ok(scores)
 }
@@ -72,9 +103,4 @@ pub(crate) fn null_query() -> pgrx::pg_sys::panic::ErrorReport {
     report(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "query must not be null")
 }
 
-/// Orders (index, score) best first; equal scores keep their input order.
-pub(crate) fn rank(scores: &[f32]) -> Vec<(usize, f32)> {
-    let mut ranked: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    ranked
-}
+pub(crate) use pg_rerank_engine::rank;

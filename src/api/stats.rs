@@ -2,7 +2,7 @@
 //! and `pg_rerank_worker()`: what the background worker is doing.
 
 use crate::guc;
-use crate::shmem;
+use crate::shmem::{self, SlotState};
 use pgrx::prelude::*;
 use std::sync::atomic::Ordering;
 
@@ -27,7 +27,10 @@ fn pg_rerank_model_stats() -> TableIterator<
         name!(device, Option<String>),
         name!(worker_state, String),
         name!(loads, i64),
+        name!(evictions, i64),
         name!(requests, i64),
+        name!(interactive_requests, i64),
+        name!(bulk_requests, i64),
         name!(pairs, i64),
         name!(tokens, i64),
         name!(truncated, i64),
@@ -44,7 +47,7 @@ fn pg_rerank_model_stats() -> TableIterator<
     ),
 > {
     let Some(sh) = shmem::get() else { return TableIterator::new(Vec::new()) };
-    let state = shmem::worker_state_name(sh.worker_state.load(Ordering::Acquire)).to_string();
+    let state = sh.worker_state.load().name().to_string();
     let mut rows = Vec::new();
     for m in &sh.models {
         let Some(name) = m.name() else { continue };
@@ -57,7 +60,10 @@ fn pg_rerank_model_stats() -> TableIterator<
             device_name(m.device.load(Ordering::Relaxed)),
             state.clone(),
             get(&m.loads),
+            get(&m.evictions),
             requests,
+            get(&m.interactive_requests),
+            get(&m.bulk_requests),
             get(&m.pairs),
             get(&m.tokens),
             get(&m.truncated),
@@ -85,8 +91,9 @@ fn pg_rerank_stats_reset() {
 }
 
 /// The background worker: state (not started, starting, ready, stopped), pid, how many
-/// times it started and reloaded its configuration, the device setting, queued pairs, and
-/// its last problem.
+/// times it started and reloaded its configuration, the device setting, queued pairs, its
+/// model cache (models loaded, their estimated MB, load failures remembered), slots it
+/// reaped from owners that died without releasing them, and its last problem.
 #[pg_extern(volatile, parallel_safe)]
 fn pg_rerank_worker() -> TableIterator<
     'static,
@@ -97,6 +104,10 @@ fn pg_rerank_worker() -> TableIterator<
         name!(reloads, i64),
         name!(device, String),
         name!(queued_pairs, i64),
+        name!(models_loaded, i32),
+        name!(models_mb, f64),
+        name!(failures_cached, i32),
+        name!(reaped_slots, i64),
         name!(status, Option<String>),
     ),
 > {
@@ -108,28 +119,86 @@ fn pg_rerank_worker() -> TableIterator<
             0,
             guc::device(),
             0,
+            0,
+            0.0,
+            0,
+            0,
             Some("pg_rerank is not in shared_preload_libraries".to_string()),
         ));
     };
     let pid = sh.worker_pid.load(Ordering::Acquire);
     let status = sh.status();
     TableIterator::once((
-        shmem::worker_state_name(sh.worker_state.load(Ordering::Acquire)).to_string(),
+        sh.worker_state.load().name().to_string(),
         (pid != 0).then_some(pid),
         sh.worker_starts.load(Ordering::Acquire) as i64,
         sh.reloads.load(Ordering::Acquire) as i64,
         guc::device(),
         sh.queued_pairs.load(Ordering::Acquire) as i64,
+        sh.models_loaded.load(Ordering::Relaxed) as i32,
+        sh.model_bytes.load(Ordering::Relaxed) as f64 / (1u64 << 20) as f64,
+        sh.failures_cached.load(Ordering::Relaxed) as i32,
+        sh.reaped.load(Ordering::Relaxed) as i64,
         (!status.is_empty()).then_some(status),
     ))
+}
+
+/// One row per request waiting for or running in the background worker, like
+/// pg_stat_progress_*: the backend's pid, the model, the priority (interactive or bulk),
+/// queued or running, the pairs of the whole SQL call and how many are scored (a large
+/// call is sent in requests of 1,024 pairs), and when the request was queued and taken.
+#[pg_extern(volatile, parallel_safe)]
+fn pg_rerank_progress_raw() -> TableIterator<
+    'static,
+    (
+        name!(pid, i32),
+        name!(model, String),
+        name!(priority, String),
+        name!(state, String),
+        name!(pairs_total, i64),
+        name!(pairs_scored, i64),
+        name!(queued_epoch, f64),
+        name!(started_epoch, Option<f64>),
+    ),
+> {
+    let Some(sh) = shmem::get() else { return TableIterator::new(Vec::new()) };
+    let mut rows = Vec::new();
+    for s in &sh.slots {
+        let request = s.request.load(Ordering::Acquire);
+        let state = match s.state.load() {
+            SlotState::Queued => "queued",
+            SlotState::Running => "running",
+            _ => continue,
+        };
+        let row = (
+            s.owner_pid.load(Ordering::Relaxed),
+            s.model(),
+            if s.priority.load(Ordering::Relaxed) == 1 { "bulk" } else { "interactive" }.to_string(),
+            state.to_string(),
+            s.call_pairs.load(Ordering::Relaxed) as i64,
+            (s.call_done.load(Ordering::Relaxed) + u64::from(s.scored.load(Ordering::Relaxed))) as i64,
+            s.queued_at.load(Ordering::Relaxed) as f64 / 1e6,
+            Some(s.started_at.load(Ordering::Relaxed)).filter(|&t| t > 0).map(|t| t as f64 / 1e6),
+        );
+        // A slot reused while we read it describes another request: skip it.
+        if s.request.load(Ordering::Acquire) == request && row.0 != 0 {
+            rows.push(row);
+        }
+    }
+    TableIterator::new(rows)
 }
 
 extension_sql!(
     r#"
 CREATE VIEW pg_rerank_stats AS SELECT * FROM pg_rerank_model_stats();
 COMMENT ON VIEW pg_rerank_stats IS 'Per-model statistics of the pg_rerank background worker';
+CREATE VIEW pg_rerank_progress AS
+    SELECT pid, model, priority, state, pairs_total, pairs_scored,
+           to_timestamp(queued_epoch) AS queued_at, to_timestamp(started_epoch) AS started_at
+    FROM pg_rerank_progress_raw();
+COMMENT ON VIEW pg_rerank_progress IS 'Requests waiting for or running in the pg_rerank background worker';
 REVOKE EXECUTE ON FUNCTION pg_rerank_stats_reset() FROM PUBLIC;
 "#,
     name = "stats_view",
-    requires = [pg_rerank_model_stats, pg_rerank_stats_reset]
+    requires = [pg_rerank_model_stats, pg_rerank_stats_reset, pg_rerank_progress_raw]
 );

@@ -4,7 +4,7 @@
 //! one transition state (same transition function, same arguments), so the model runs
 //! once for both.
 
-use super::{check_doc_count, null_query, rank, score};
+use super::{check_doc_count, clip_text, null_query, rank, score};
 use crate::error::{raise, report};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -20,7 +20,9 @@ struct TopkState {
     typalign: c_char,
     /// Ids copied into the aggregate's memory context.
     ids: Vec<pg_sys::Datum>,
-    docs: Vec<String>,
+    /// Documents (cut at MAX_TEXT_CHARS) copied into the aggregate's memory context:
+    /// Postgres accounts for them and fails cleanly when memory runs out.
+    docs: Vec<(*const u8, usize)>,
     /// Best k as (row, score), computed by the first final function that runs.
     ranked: Option<Vec<(usize, f32)>>,
 }
@@ -103,7 +105,17 @@ fn rerank_topk_sfunc(
     // SAFETY: copies a datum of the declared type into the aggregate's context.
     let copied = unsafe { PgMemoryContexts::For(ctx).switch_to(|_| datum_copy(id.datum(), st.typbyval, st.typlen)) };
     st.ids.push(copied);
-    st.docs.push(doc.to_string());
+    let doc = clip_text(doc);
+    // SAFETY: palloc in the aggregate's context (it raises an error rather than return
+    // null) and a copy of exactly doc.len() bytes into it.
+    let text = unsafe {
+        PgMemoryContexts::For(ctx).switch_to(|_| {
+            let p = pg_sys::palloc(doc.len().max(1)).cast::<u8>();
+            std::ptr::copy_nonoverlapping(doc.as_ptr(), p, doc.len());
+            p.cast_const()
+        })
+    };
+    st.docs.push((text, doc.len()));
     st.ranked = None;
     Ok(state)
 }
@@ -148,7 +160,13 @@ fn best<'a>(
         return Ok(None);
     }
     if st.ranked.is_none() {
-        let docs: Vec<&str> = st.docs.iter().map(String::as_str).collect();
+        let docs: Vec<&str> = st
+            .docs
+            .iter()
+            // SAFETY: each entry is a copy of a &str (cut at a character boundary), held in
+            // the aggregate's context, which outlives this call.
+            .map(|&(p, n)| unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(p, n)) })
+            .collect();
         let mut ranked = rank(&score(None, &st.query, &docs, false)?);
         ranked.truncate(st.k as usize);
         st.ranked = Some(ranked);

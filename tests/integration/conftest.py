@@ -2,10 +2,14 @@
 pgvector and pg_rerank, the shared Debian corpus loaded by scripts/load_corpus.py."""
 import json
 import os
+import shutil
+import threading
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 DSN = os.environ.get("PG_RERANK_DSN", "")
 SHARED = Path(os.environ.get("PG_RERANK_SHARED", Path(__file__).resolve().parents[3] / "shared"))
@@ -53,3 +57,84 @@ def qrels():
             q, d, g = line.split()
             rel.setdefault(q, {})[d] = int(g)
     return rel
+
+
+# Helpers of the worker tests (the test cluster preloads pg_rerank).
+
+def worker(conn):
+    cur = conn.execute("SELECT * FROM pg_rerank_worker()")
+    return dict(zip([c.name for c in cur.description], cur.fetchone()))
+
+
+def stats(conn, model="minilm-debian"):
+    cur = conn.execute("SELECT * FROM pg_rerank_stats WHERE model = %s", (model,))
+    row = cur.fetchone()
+    return dict(zip([c.name for c in cur.description], row)) if row else None
+
+
+def wait_for(check, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def reload(conn, **settings):
+    """ALTER SYSTEM the settings (None resets), reload, and wait until the worker applied it."""
+    before = worker(conn)["reloads"]
+    for name, value in settings.items():
+        if value is None:
+            conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(f"pg_rerank.{name}")))
+        else:
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                sql.Identifier(f"pg_rerank.{name}"), sql.Literal(str(value))))
+    conn.execute("SELECT pg_reload_conf()")
+    wait_for(lambda: worker(conn)["reloads"] > before, "the worker to reload")
+
+
+def sample(conn, n, offset=0, repeat=1):
+    return [(r[0] + " ") * repeat
+            for r in conn.execute("SELECT body FROM packages ORDER BY id LIMIT %s OFFSET %s", (n, offset))]
+
+
+@pytest.fixture()
+def wconn(dsn):
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET pg_rerank.execution = worker")
+        yield c
+
+
+def in_thread(fn):
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+@pytest.fixture()
+def swap_dir():
+    root = Path(os.environ.get("PG_RERANK_STATE", "/tmp")) / "swap-models"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    os.system(f"chmod -R a+rwX {root}")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def put_model(root, name, source):
+    dest = root / name
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(SHARED / "models" / source, dest)
+    os.system(f"chmod -R a+rwX {root}")
+
+

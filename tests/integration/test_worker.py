@@ -3,66 +3,17 @@ backend, requests of several connections batched together, the bounded queue, ca
 statement_timeout while queued and while running, SIGHUP reloads, CUDA that cannot start,
 and recovery after kill -9. The kill test runs last: it restarts every connection."""
 import os
-import shutil
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import errors, sql
+from psycopg import errors
 
-from conftest import SHARED
+from conftest import in_thread, put_model, reload, sample, stats, wait_for, worker
 
 QUERY = "SELECT array_agg(idx ORDER BY idx), array_agg(score ORDER BY idx) FROM rerank(%s, %s, raw => true)"
-
-
-def worker(conn):
-    cur = conn.execute("SELECT * FROM pg_rerank_worker()")
-    return dict(zip([c.name for c in cur.description], cur.fetchone()))
-
-
-def stats(conn, model="minilm-debian"):
-    cur = conn.execute("SELECT * FROM pg_rerank_stats WHERE model = %s", (model,))
-    row = cur.fetchone()
-    return dict(zip([c.name for c in cur.description], row)) if row else None
-
-
-def wait_for(check, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def reload(conn, **settings):
-    """ALTER SYSTEM the settings (None resets), reload, and wait until the worker applied it."""
-    before = worker(conn)["reloads"]
-    for name, value in settings.items():
-        if value is None:
-            conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(f"pg_rerank.{name}")))
-        else:
-            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(
-                sql.Identifier(f"pg_rerank.{name}"), sql.Literal(str(value))))
-    conn.execute("SELECT pg_reload_conf()")
-    wait_for(lambda: worker(conn)["reloads"] > before, "the worker to reload")
-
-
-def sample(conn, n, offset=0, repeat=1):
-    return [(r[0] + " ") * repeat
-            for r in conn.execute("SELECT body FROM packages ORDER BY id LIMIT %s OFFSET %s", (n, offset))]
-
-
-@pytest.fixture()
-def wconn(dsn):
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("SET pg_rerank.execution = worker")
-        yield c
 
 
 def test_worker_is_ready(wconn):
@@ -119,7 +70,7 @@ def test_eight_connections_share_batches(dsn, wconn):
 
 
 def test_bulk_pairs_go_to_the_worker_in_bounded_requests(dsn, wconn):
-    """rerank_pairs() over 9,000 pairs of three queries: requests of at most 4,096 pairs,
+    """rerank_pairs() over 9,000 pairs of three queries: requests of at most 1,024 pairs,
     the same scores as in the backend, NULL pairs left out."""
     wconn.execute("SELECT pg_rerank_stats_reset()")
     docs = sample(wconn, 3000)
@@ -129,30 +80,16 @@ def test_bulk_pairs_go_to_the_worker_in_bounded_requests(dsn, wconn):
     bulk = "SELECT rerank_pairs(%s, %s, model => 'tiny/bert', raw => true)"
     got = wconn.execute(bulk, (qs, ds)).fetchone()[0]
     st = stats(wconn, "tiny/bert")
-    assert (st["requests"], st["pairs"]) == (3, 9000), st
+    assert (st["requests"], st["bulk_requests"], st["pairs"]) == (9, 9, 9000), st
     with psycopg.connect(dsn, autocommit=True) as back:
         back.execute("SET pg_rerank.execution = backend")
         want = back.execute(bulk, (qs, ds)).fetchone()[0]
     assert len(got) == 9001 and got[-1] is None and want[-1] is None
     assert max(abs(a - b) for a, b in zip(got[:-1], want[:-1])) < 1e-5
     # Pair i really is (qs[i], ds[i]): spot-check against single-pair calls.
-    for i in [0, 1, 2, 4095, 4096, 8999]:
+    for i in [0, 1, 2, 1023, 1024, 8999]:
         alone = wconn.execute("SELECT rerank_score(%s, %s, model => 'tiny/bert', raw => true)", (qs[i], ds[i])).fetchone()[0]
         assert abs(alone - got[i]) < 1e-5, i
-
-
-def in_thread(fn):
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except Exception as e:  # noqa: BLE001 - handed to the test
-            out["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t, out
 
 
 def long_request(dsn, docs, pid_box=None, timeout_ms=0):
@@ -194,11 +131,11 @@ def test_interrupt_while_queued_and_while_running(dsn, wconn, how):
     t, out = in_thread(lambda: long_request(dsn, docs, pid, timeout_s * 1000))
     wait_for(lambda: worker(wconn)["queued_pairs"] >= 1000, "the long request to be running")
 
-    # Queued: this request waits behind the running round, then is interrupted.
+    # Queued: this request (seconds of work) is interrupted while it waits or runs.
     wconn.execute("SET statement_timeout = '300ms'")
     t0 = time.monotonic()
     with pytest.raises(errors.QueryCanceled):
-        wconn.execute("SELECT count(*) FROM rerank('q', %s)", (sample(wconn, 50),))
+        wconn.execute("SELECT count(*) FROM rerank('q', %s)", (sample(wconn, 200, repeat=8),))
     queued_late = time.monotonic() - t0 - 0.3
     wconn.execute("RESET statement_timeout")
 
@@ -216,10 +153,10 @@ def test_interrupt_while_queued_and_while_running(dsn, wconn, how):
           f"running request {running_late * 1000:.0f} ms after the cancel")
     assert queued_late < 1.0 and running_late < 1.0
     # The worker drops the withdrawn pairs: the queue empties and nothing was counted
-    # as a finished request.
+    # as a finished request (the short one counts as cancelled if the worker had taken it).
     wait_for(lambda: worker(wconn)["queued_pairs"] == 0, "the queue to empty")
     st = stats(wconn)
-    assert st["requests"] == 0 and st["cancelled"] == 1, st
+    assert st["requests"] == 0 and st["cancelled"] in (1, 2), st
     assert wconn.execute("SELECT count(*) FROM rerank('q', ARRAY['a'])").fetchone()[0] == 1
 
 
@@ -232,23 +169,6 @@ def test_statement_timeout_in_worker_mode(wconn):
     assert time.monotonic() - t0 < 1.5
     wconn.execute("RESET statement_timeout")
     wait_for(lambda: worker(wconn)["queued_pairs"] == 0, "the queue to empty")
-
-
-@pytest.fixture()
-def swap_dir():
-    root = Path(os.environ.get("PG_RERANK_STATE", "/tmp")) / "swap-models"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    os.system(f"chmod -R a+rwX {root}")
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def put_model(root, name, source):
-    dest = root / name
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(SHARED / "models" / source, dest)
-    os.system(f"chmod -R a+rwX {root}")
 
 
 def test_sighup_reloads_models(dsn, wconn, swap_dir):

@@ -27,7 +27,7 @@ pub enum ErrorKind {
     Cancelled,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineError {
     pub kind: ErrorKind,
     pub message: String,

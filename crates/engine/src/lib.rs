@@ -4,13 +4,18 @@
 //! logits into scores. Tested and benchmarked with plain cargo.
 
 pub mod batch;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod rank;
 pub mod registry;
 pub mod runtime;
+pub mod scheduler;
 
 pub use batch::BatchLimits;
 pub use config::{Family, Head, ModelConfig};
 pub use error::{EngineError, ErrorKind, Result};
+pub use rank::rank;
+pub use scheduler::{Batch, Finished, Policy, Priority, Scheduler};
 pub use model::{finish, Device, Encoded, Model, ScoreOptions, ScoreStats, SessionOptions};

@@ -127,6 +127,7 @@ pub struct Model {
     inputs: Vec<InputSpec>,
     output_f16: bool,
     device: Device,
+    memory_bytes: u64,
 }
 
 impl std::fmt::Debug for Model {
@@ -185,6 +186,10 @@ impl Model {
         let session = sessions[0].get_mut();
         let inputs = Self::discover_inputs(name, session)?;
         let output_f16 = Self::check_output(name, session, &config)?;
+        // Each session holds its own copy of the weights (ONNX Runtime's arena and
+        // activations come on top); the tokenizer is small beside them.
+        let file_len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let memory_bytes = file_len(&onnx) * sessions.len() as u64 + file_len(&tok_path);
         Ok(Model {
             name: name.to_string(),
             dir: dir.to_path_buf(),
@@ -195,6 +200,7 @@ impl Model {
             inputs,
             output_f16,
             device: opts.device,
+            memory_bytes,
         })
     }
 
@@ -313,6 +319,11 @@ impl Model {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Memory the model holds, estimated from its files: the graph once per session.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
     }
 
     /// Characters of a text that can matter: beyond this, `encode` cuts the text before
