@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): starts a private cluster with pg_rerank preloaded, loads the
-# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, sql_overhead, end_to_end, bulk). Results
+# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, sql_overhead, end_to_end, bulk,
+# latency, soak). Results
 # go to benches/results/, plots to docs/img/. Run nothing else meanwhile: the figures are
 # ratios measured in one run, but a busy machine still skews them.
 source "$(dirname "$0")/lib.sh"
@@ -50,6 +51,14 @@ case "${1:-concurrency}" in
         build_engine
         ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/bulk.py "$SHARED" "$DSN" "$ENGINE" \
             benches/results/bulk.json "${PG_RERANK_BENCH_PAIRS:-100000}" "${PG_RERANK_BENCH_VARIANT-int8}" "${PG_RERANK_BENCH_MODES:-worker}"
+        ;;
+    latency)
+        .venv/bin/python benches/service.py latency "$DSN" "$SHARED/data/debian/corpus.jsonl" \
+            benches/results/latency.json "${PG_RERANK_BENCH_PAIRS:-8192}"
+        ;;
+    soak)
+        .venv/bin/python benches/service.py soak "$DSN" "$SHARED/data/debian/corpus.jsonl" \
+            benches/results/soak.json docs/img/soak.png "${PG_RERANK_BENCH_SECONDS:-1800}"
         ;;
     *) echo "unknown benchmark: $1" >&2; exit 2 ;;
 esac

@@ -44,8 +44,8 @@ static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 /// Model used when a call names none. Any user may set it per session.
 static MODEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// Path of `libonnxruntime.so`. Server start only: a process loads one library once and
-/// cannot swap it.
+/// Path of `libonnxruntime.so`. Server start only when preloaded (a process loads one
+/// library once and cannot swap it); superuser only otherwise.
 static ONNXRUNTIME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_ORT));
 
 /// ONNX Runtime intra-op threads per backend. 1 keeps a busy server predictable; raise it
@@ -90,6 +90,17 @@ static WORKER_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(2048);
 /// Where `scripts/setup.sh` installs the library.
 const DEFAULT_ORT: &CStr = c"/usr/local/lib/onnxruntime/libonnxruntime.so.1.32.0";
 
+/// A server-start setting when the library is preloaded. Postgres allows no such setting
+/// to a library loaded later (it ends the session), so there it is the superuser's.
+fn onnxruntime_context() -> GucContext {
+    // SAFETY: a plain read of a flag Postgres sets while it loads preloaded libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucContext::Postmaster
+    } else {
+        GucContext::Suset
+    }
+}
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"pg_rerank.model_dir",
@@ -112,7 +123,7 @@ pub fn init() {
         c"Path of the ONNX Runtime shared library (libonnxruntime.so).",
         c"Set at server start; loaded once per server process, on the first call that needs a model.",
         &ONNXRUNTIME,
-        GucContext::Postmaster,
+        onnxruntime_context(),
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
