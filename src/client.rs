@@ -182,13 +182,15 @@ pub fn score(
     let size = wire::size(&dir, model, pairs);
     // SAFETY: dsm_create raises an error rather than return null (flags 0); the segment is
     // owned by the current resource owner, so an error before we detach frees it. Its
-    // mapping is `size` bytes, page-aligned, ours alone until the slot is queued.
-    let (seg, buf) = unsafe {
+    // mapping is `size` bytes, page-aligned.
+    let (seg, addr) = unsafe {
         let seg = pg_sys::dsm_create(size, 0);
-        (seg, std::slice::from_raw_parts_mut(pg_sys::dsm_segment_address(seg).cast::<u8>(), size))
+        (seg, pg_sys::dsm_segment_address(seg).cast::<u8>())
     };
     let request = sh.next_request.fetch_add(1, Ordering::AcqRel) + 1;
-    wire::write_request(buf, request, raw, &dir, model, pairs);
+    // SAFETY: the segment is ours alone until the slot is queued below; this borrow ends
+    // before that.
+    wire::write_request(unsafe { std::slice::from_raw_parts_mut(addr, size) }, request, raw, &dir, model, pairs);
 
     slot.set_model(model);
     // SAFETY: seg is the live segment created above.
@@ -248,7 +250,9 @@ pub fn score(
             "the pg_rerank worker could not read this request",
         )
         .set_hint("Retry the call; the server log may tell more.")),
-        Outcome::InSegment => wire::read_response(buf).map_err(engine),
+        // SAFETY: Done (acquire) orders the worker's writes before this read, and the worker
+        // no longer touches the segment.
+        Outcome::InSegment => wire::read_response(unsafe { std::slice::from_raw_parts(addr, size) }).map_err(engine),
     };
     // SAFETY: the worker is done with the segment (Done); we created it and detach once.
     unsafe { pg_sys::dsm_detach(seg) };

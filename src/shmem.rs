@@ -192,24 +192,27 @@ impl Slot {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// Whether the process that owns the slot is still alive: its PGPROC still carries its
-    /// pid and the pid still exists.
+    /// Whether the process that owns the slot is still alive.
     pub fn owner_alive(&self) -> bool {
-        let pid = self.owner_pid.load(Ordering::Acquire);
-        let procno = self.owner_procno.load(Ordering::Acquire);
-        if pid <= 0 || procno < 0 {
-            return false;
-        }
-        // SAFETY: ProcGlobal is set up before any backend runs; procno was the owner's
-        // own PGPROC number, an index below allProcCount; reading pid is a plain load.
-        let same = unsafe {
-            let global = pg_sys::ProcGlobal;
-            (procno as u32) < (*global).allProcCount && (*(*global).allProcs.add(procno as usize)).pid == pid
-        };
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        let exists = unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM };
-        same && exists
+        process_alive(self.owner_pid.load(Ordering::Acquire), self.owner_procno.load(Ordering::Acquire))
     }
+}
+
+/// Whether the process `pid`, whose PGPROC number was `procno`, is still alive: its PGPROC
+/// still carries its pid and the pid still exists.
+pub fn process_alive(pid: i32, procno: i32) -> bool {
+    if pid <= 0 || procno < 0 {
+        return false;
+    }
+    // SAFETY: ProcGlobal is set up before any backend runs; procno is checked against
+    // allProcCount; reading a PGPROC's pid is a plain load.
+    let same = unsafe {
+        let global = pg_sys::ProcGlobal;
+        (procno as u32) < (*global).allProcCount && (*(*global).allProcs.add(procno as usize)).pid == pid
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM };
+    same && exists
 }
 
 /// Latency histogram: bucket i holds values up to 2^(i/4) microseconds (19% apart).
@@ -500,7 +503,8 @@ impl Shared {
             }
             // SAFETY: a plain copy; the sequence check below discards a torn read.
             let bytes = unsafe { *self.status.get() };
-            if self.status_seq.load(Ordering::Acquire) == before {
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.status_seq.load(Ordering::Relaxed) == before {
                 let end = bytes.iter().position(|&b| b == 0).unwrap_or(STATUS_LEN);
                 return String::from_utf8_lossy(&bytes[..end]).into_owned();
             }

@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 const RETRY_LOAD: Duration = Duration::from_secs(10);
 /// Most load failures remembered (names that do not exist are never remembered).
 const MAX_FAILURES: usize = 32;
+/// Pairs tokenized between two waves of batches: a few milliseconds.
+const TOKENIZE_SLICE: usize = 64;
 /// How often every slot is checked for an owner that is gone.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
@@ -61,6 +63,8 @@ struct Live {
     raw: bool,
     priority: Priority,
     group: Group,
+    /// Pairs of the request, and those tokenized so far.
+    pairs: usize,
     encoded: Vec<Encoded>,
     stats: ScoreStats,
     model_stats: Option<&'static ModelStats>,
@@ -72,7 +76,10 @@ struct Worker {
     shared: &'static Shared,
     generation: u64,
     sched: Scheduler,
+    /// Every request taken from its slot: being tokenized, or in the scheduler.
     live: HashMap<RequestId, Live>,
+    /// Taken requests not yet handed to the scheduler, in the order they came.
+    tokenizing: Vec<RequestId>,
     models: Lru<Key, Arc<Model>>,
     failures: Failures<Key, EngineError>,
     /// Batch-sharing group of each model that has loaded, and back.
@@ -104,6 +111,7 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
         generation,
         sched: Scheduler::new(policy()),
         live: HashMap::new(),
+        tokenizing: Vec::new(),
         models: Lru::new(guc::worker_memory_bytes()),
         failures: Failures::new(MAX_FAILURES, RETRY_LOAD),
         groups: HashMap::new(),
@@ -128,15 +136,19 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
         if w.last_reap.elapsed() >= REAP_EVERY {
             w.reap_all();
         }
-        let was_idle = w.sched.is_empty();
+        let was_idle = w.live.is_empty();
         w.admit();
-        if w.sched.is_empty() {
+        if w.live.is_empty() {
             shmem::wait_latch(REAP_EVERY.as_millis() as i64);
             continue;
         }
         if was_idle {
             w.gather();
         }
+        // A slice of tokenizing between two waves of batches: a search that arrives is
+        // never held up by a long request being tokenized, and signals and withdrawn
+        // requests are seen every few milliseconds.
+        w.tokenize(TOKENIZE_SLICE);
         w.run_wave();
     }
     // SAFETY: ends the worker the Postgres way, running the exit callbacks.
@@ -301,8 +313,9 @@ impl Worker {
         guc::batch_limits(devices.get(&group).copied().unwrap_or(Device::Cpu))
     }
 
-    /// Takes every queued request: tokenizes it and hands it to the scheduler, or answers
-    /// it at once when it cannot run (unreadable, unknown model, bad text).
+    /// Takes every queued request, or answers it at once when it cannot run (unreadable,
+    /// bad or unknown model). Taken requests wait in `tokenizing` until `tokenize` hands
+    /// them to the scheduler.
     fn admit(&mut self) {
         let sh = self.shared;
         for i in 0..SLOTS {
@@ -320,50 +333,86 @@ impl Worker {
             IN_FLIGHT.lock().push(i);
             let request = s.request.load(Ordering::Acquire);
             let priority = if s.priority.load(Ordering::Relaxed) == 1 { Priority::Bulk } else { Priority::Interactive };
+            // The request id guards against a segment handle reused since it was queued.
+            let parsed = wire::read_request(buf)
+                .filter(|r| r.request == request)
+                .map(|r| ((r.dir.to_string(), r.model.to_string()), r.raw, r.pairs.len()));
+            let Some((key, raw, pairs)) = parsed else {
+                detach(seg);
+                IN_FLIGHT.lock().retain(|&x| x != i);
+                self.lost(i);
+                continue;
+            };
             let mut live = Live {
                 slot: i,
                 seg,
                 buf,
-                raw: false,
+                raw,
                 priority,
                 group: 0,
-                encoded: Vec::new(),
+                pairs,
+                encoded: Vec::with_capacity(pairs),
                 stats: ScoreStats::default(),
                 model_stats: None,
                 submitted_us: s.submitted_us.load(Ordering::Relaxed),
                 taken_us: shmem::now_us(),
             };
-            // The request id guards against a segment handle reused since it was queued.
-            let parsed = wire::read_request(live.buf)
-                .filter(|r| r.request == request)
-                .map(|r| ((r.dir.to_string(), r.model.to_string()), r.raw, r.pairs));
-            let Some((key, raw, pairs)) = parsed else {
-                detach(live.seg);
-                IN_FLIGHT.lock().retain(|&x| x != i);
-                self.lost(i);
-                continue;
-            };
-            live.raw = raw;
-            let model = match self.model(&key) {
-                Ok(m) => m,
+            match self.model(&key) {
+                Ok(_) => {
+                    live.model_stats = self.shared.model_stats(&key.1);
+                    live.group = self.groups[&key];
+                    self.live.insert(request, live);
+                    self.tokenizing.push(request);
+                }
                 Err(e) => {
                     live.model_stats = self.shared.find_stats(&key.1);
                     self.answer(live, Err(e), 0);
+                }
+            }
+        }
+    }
+
+    /// Tokenizes taken requests, searches first, up to `budget` pairs, and hands each
+    /// fully tokenized one to the scheduler.
+    fn tokenize(&mut self, budget: usize) {
+        let mut left = budget;
+        self.tokenizing.retain(|id| self.live.contains_key(id)); // withdrawn meanwhile
+        let mut order = self.tokenizing.clone();
+        order.sort_by_key(|id| (self.live[id].priority == Priority::Bulk, self.live[id].taken_us));
+        for id in order {
+            if left == 0 {
+                break;
+            }
+            let group = self.live[&id].group;
+            let key = self.keys[&group].clone();
+            let model = match self.model(&key) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.withdraw_tokenizing(id, Err(e));
                     continue;
                 }
             };
-            live.model_stats = self.shared.model_stats(&key.1);
+            let live = self.live.get_mut(&id).expect("tokenizing requests are live");
+            let from = live.encoded.len();
+            let to = live.pairs.min(from.saturating_add(left));
             let started = shmem::now_us();
-            let encoded: Result<Vec<Encoded>, EngineError> =
-                model.encode_many(&pairs, guc::worker_threads()).into_iter().collect();
-            drop(pairs);
+            let encoded: Result<Vec<Encoded>, EngineError> = match wire::read_request(live.buf) {
+                Some(r) => model.encode_many(&r.pairs[from..to], guc::worker_threads()).into_iter().collect(),
+                None => Err(EngineError::new(ErrorKind::Inference, "the pg_rerank worker could not read the request")),
+            };
             if let Some(st) = live.model_stats {
                 st.tokenize_us.fetch_add((shmem::now_us() - started).max(0) as u64, Ordering::Relaxed);
             }
+            left -= to - from;
             match encoded {
                 // One bad pair fails its own request, never a neighbour's.
-                Err(e) => self.answer(live, Err(e), 0),
-                Ok(encoded) => {
+                Err(e) => self.withdraw_tokenizing(id, Err(e)),
+                Ok(more) => {
+                    live.encoded.extend(more);
+                    if live.encoded.len() < live.pairs {
+                        continue;
+                    }
+                    let encoded = &live.encoded;
                     live.stats = ScoreStats {
                         pairs: encoded.len(),
                         tokens: encoded.iter().map(|e| e.ids.len()).sum(),
@@ -371,17 +420,21 @@ impl Worker {
                         batches: 0,
                     };
                     let lengths = encoded.iter().map(|e| e.ids.len()).collect();
-                    live.encoded = encoded;
-                    let group = self.groups[&key];
-                    live.group = group;
-                    match self.sched.submit(request, group, priority, lengths) {
-                        Some(f) => self.answer(live, f.result, 0),
-                        None => {
-                            self.live.insert(request, live);
-                        }
+                    let priority = live.priority;
+                    self.tokenizing.retain(|&x| x != id);
+                    if let Some(f) = self.sched.submit(id, group, priority, lengths) {
+                        self.finished(f);
                     }
                 }
             }
+        }
+    }
+
+    /// Answers a request that was still being tokenized.
+    fn withdraw_tokenizing(&mut self, id: RequestId, result: Result<Vec<f32>, EngineError>) {
+        self.tokenizing.retain(|&x| x != id);
+        if let Some(live) = self.live.remove(&id) {
+            self.answer(live, result, 0);
         }
     }
 
@@ -411,7 +464,7 @@ impl Worker {
             let sessions = if device == Device::Cpu { guc::worker_threads() } else { 1 };
             guc::batch_limits(device).max_pairs * sessions
         });
-        while self.sched.waiting_pairs() < full {
+        while self.live.values().map(|l| l.pairs).sum::<usize>() < full {
             let left_ms = (deadline - shmem::now_us()) / 1000;
             if left_ms <= 0 {
                 break;
@@ -456,14 +509,14 @@ impl Worker {
             model.run_many(&rows)
         };
         for (batch, result) in wave.iter().zip(results) {
-            self.count_batch(batch);
+            self.count_batch(batch, result.is_ok());
             for f in self.sched.complete(batch, result) {
                 self.finished(f);
             }
         }
     }
 
-    fn count_batch(&self, batch: &Batch) {
+    fn count_batch(&self, batch: &Batch, scored: bool) {
         let Some(first) = self.live.get(&batch.rows[0].request) else { return };
         if let Some(st) = first.model_stats {
             st.batches.fetch_add(1, Ordering::Relaxed);
@@ -472,7 +525,8 @@ impl Worker {
                 st.shared_batches.fetch_add(1, Ordering::Relaxed);
             }
         }
-        for row in &batch.rows {
+        // Progress counts pairs scored; a failed batch runs again (its pairs alone).
+        for row in batch.rows.iter().filter(|_| scored) {
             if let Some(l) = self.live.get(&row.request) {
                 self.shared.slots[l.slot].scored.fetch_add(1, Ordering::Relaxed);
             }
@@ -569,10 +623,19 @@ impl Worker {
                 continue;
             }
             let orphan = match state {
+                // Withdrawn from an earlier worker: its owner is done with it.
                 SlotState::Cancelled => true,
-                // Pid 0: its owner is between claiming it and signing it.
-                SlotState::Claimed if s.owner_pid.load(Ordering::Acquire) == 0 => false,
-                _ => !s.owner_alive(),
+                _ => {
+                    // Pid 0: its owner is claiming it or freeing it right now. Otherwise the
+                    // slot is an orphan only if that very owner is dead: read the pid once,
+                    // and again after the check, so that a slot freed and claimed by another
+                    // backend meanwhile is never taken from it.
+                    let pid = s.owner_pid.load(Ordering::Acquire);
+                    pid != 0
+                        && !shmem::process_alive(pid, s.owner_procno.load(Ordering::Acquire))
+                        && s.owner_pid.load(Ordering::Acquire) == pid
+                        && s.state.load() == state
+                }
             };
             // Take the slot from the state we saw, so a live owner's move wins.
             if orphan && s.state.cas(state, SlotState::Claimed) {

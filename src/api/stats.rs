@@ -180,8 +180,10 @@ fn pg_rerank_progress_raw() -> TableIterator<
             s.queued_at.load(Ordering::Relaxed) as f64 / 1e6,
             Some(s.started_at.load(Ordering::Relaxed)).filter(|&t| t > 0).map(|t| t as f64 / 1e6),
         );
-        // A slot reused while we read it describes another request: skip it.
-        if s.request.load(Ordering::Acquire) == request && row.0 != 0 {
+        // A slot reused while we read it describes another request: skip it (a new owner
+        // writes the model while Claimed, then a new request number, then Queued).
+        let still = matches!(s.state.load(), SlotState::Queued | SlotState::Running);
+        if still && s.request.load(Ordering::Acquire) == request && row.0 != 0 {
             rows.push(row);
         }
     }

@@ -13,8 +13,10 @@
 //!   ahead of bulk ones (a table being scored), but while both wait bulk is guaranteed
 //!   `bulk_share` of the padded tokens, so it never starves.
 //! - **Order inside a class.** Interactive: the request with the fewest pairs left first
-//!   (ties: first come), so a 20-document search is not stuck behind a 1,000-document one.
-//!   Bulk: first come, first served, so each job finishes as early as it can.
+//!   (ties: first come), so a 20-document search is not stuck behind a 1,000-document one;
+//!   with ageing, so that a large request is never passed by more pairs of others than it
+//!   has left itself. Bulk: first come, first served, so each job finishes as early as it
+//!   can.
 //! - **Length-sorted batches.** A request's pairs are handed out longest first, so a batch
 //!   holds pairs of similar length; a batch not filled by one request is topped up with the
 //!   next requests of the same class and model (that is how requests share batches).
@@ -106,11 +108,18 @@ struct Pending {
     /// Pairs not scored yet (waiting or in a batch).
     left: usize,
     batches: usize,
+    /// Pairs of other requests of its class that were handed out while it waited.
+    passed: usize,
 }
 
 impl Pending {
     fn waiting(&self) -> usize {
         self.order.len() - self.next + self.isolate.len()
+    }
+
+    /// Interactive order: pairs left, less the pairs it has been passed by (ageing).
+    fn urgency(&self) -> usize {
+        self.waiting().saturating_sub(self.passed)
     }
 }
 
@@ -158,6 +167,7 @@ impl Scheduler {
                 scores: vec![0.0; n],
                 left: n,
                 batches: 0,
+                passed: 0,
             },
         );
         None
@@ -210,10 +220,16 @@ impl Scheduler {
 
     /// The class whose turn it is, among those with pairs waiting (in `only`, if given).
     fn class(&mut self, only: Option<Group>) -> Option<Priority> {
-        let has = |c: Priority| {
+        let has = |c: Priority, only: Option<Group>| {
             self.requests.values().any(|p| p.priority == c && p.waiting() > 0 && only.is_none_or(|g| p.group == g))
         };
-        match (has(Priority::Interactive), has(Priority::Bulk)) {
+        // Contention is between the classes over the whole queue, whatever the models.
+        if !(has(Priority::Interactive, None) && has(Priority::Bulk, None)) {
+            // The share starts afresh when both wait again.
+            self.served_interactive = 0.0;
+            self.served_bulk = 0.0;
+        }
+        match (has(Priority::Interactive, only), has(Priority::Bulk, only)) {
             (false, false) => None,
             (true, true) => {
                 let total = self.served_interactive + self.served_bulk;
@@ -223,12 +239,7 @@ impl Scheduler {
                     Some(Priority::Interactive)
                 }
             }
-            (i, _) => {
-                // No contention: the share starts afresh when both wait again.
-                self.served_interactive = 0.0;
-                self.served_bulk = 0.0;
-                Some(if i { Priority::Interactive } else { Priority::Bulk })
-            }
+            (i, _) => Some(if i { Priority::Interactive } else { Priority::Bulk }),
         }
     }
 
@@ -240,7 +251,7 @@ impl Scheduler {
             .filter(|(_, p)| p.priority == class && p.waiting() > 0 && only.is_none_or(|g| p.group == g))
             .collect();
         match class {
-            Priority::Interactive => ids.sort_by_key(|(_, p)| (p.waiting(), p.seq)),
+            Priority::Interactive => ids.sort_by_key(|(_, p)| (p.urgency(), p.seq)),
             Priority::Bulk => ids.sort_by_key(|(_, p)| p.seq),
         }
         ids.into_iter().map(|(id, _)| *id).collect()
@@ -311,9 +322,11 @@ impl Scheduler {
         let mut owners: Vec<RequestId> = rows.iter().map(|r| r.request).collect();
         owners.sort_unstable();
         owners.dedup();
-        for id in owners {
-            if let Some(p) = self.requests.get_mut(&id) {
+        for (id, p) in self.requests.iter_mut() {
+            if owners.contains(id) {
                 p.batches += 1;
+            } else if p.priority == class && p.waiting() > 0 {
+                p.passed += rows.len();
             }
         }
         Some(Batch { group, priority: class, rows, padded_tokens, isolated })
@@ -535,6 +548,48 @@ mod tests {
         h.submit(4, 0, Priority::Bulk, vec![16; 8]);
         h.drain();
         assert_eq!(h.order(), vec![2, 1, 3, 4]);
+    }
+
+    #[test]
+    fn a_large_search_is_passed_by_at_most_its_own_size() {
+        let mut h = Harness::new(0.2);
+        h.submit(1, 0, Priority::Interactive, vec![16; 200]);
+        let mut next = 100;
+        // Small searches keep arriving, one always waiting.
+        while !h.order().contains(&1) {
+            if !h.s.requests.keys().any(|&id| id >= 100) {
+                h.submit(next, 0, Priority::Interactive, vec![16; 8]);
+                next += 1;
+            }
+            assert!(h.step());
+            assert!(h.batches.len() < 200, "the large search starves");
+        }
+        let others: usize = h.batches.iter().flat_map(|b| &b.rows).filter(|r| r.request != 1).count();
+        assert!(others <= 200 + 8, "passed by {others} pairs");
+        assert_eq!(h.result(1), &Ok(expected(1, 200)));
+    }
+
+    #[test]
+    fn the_bulk_share_holds_across_models() {
+        // Searches on one model, a bulk job on another, two sessions per wave (the CPU).
+        let mut s = Scheduler::new(Policy { bulk_share: 0.2 });
+        s.submit(1, 9, Priority::Bulk, vec![32; 100_000]);
+        let (mut tokens, mut next) = ([0usize; 2], 100);
+        for _ in 0..1000 {
+            if !s.requests.keys().any(|&id| id >= 100) {
+                s.submit(next, 3, Priority::Interactive, vec![32; 40]);
+                next += 1;
+            }
+            let first = s.next_batch(&|_| CPU).expect("work");
+            let second = s.next_batch_in(first.group, CPU);
+            for b in std::iter::once(first).chain(second) {
+                tokens[usize::from(b.priority == Priority::Bulk)] += b.padded_tokens;
+                let scores = vec![0.0; b.rows.len()];
+                s.complete(&b, Ok(scores));
+            }
+        }
+        let bulk = tokens[1] as f64 / (tokens[0] + tokens[1]) as f64;
+        assert!((bulk - 0.2).abs() < 0.03, "bulk got {bulk:.3}");
     }
 
     #[test]
