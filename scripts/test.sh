@@ -13,6 +13,9 @@ MODELS="$(model_dir_for_server)"
 log "engine tests (cargo test)"
 cargo test -p pg_rerank_engine --release
 
+log "lints (cargo clippy: every unsafe block documented, no warnings)"
+cargo clippy --workspace --lib --tests -- -D warnings
+
 log "in-database tests (cargo pgrx test)"
 if is_root; then
     export CARGO_PGRX_TEST_RUNAS="$PG_RUNAS_USER"

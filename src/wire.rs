@@ -181,6 +181,18 @@ pub fn read_request(b: &[u8]) -> Option<Request<'_>> {
     Some(Request { request: h.request, raw: h.raw != 0, dir, model, pairs })
 }
 
+/// The pairs `from..to` of a request (read by `read_request` before), checking only their
+/// texts: the worker tokenizes a long request a slice at a time.
+pub fn read_pairs(b: &[u8], from: usize, to: usize) -> Option<Vec<(&str, &str)>> {
+    let l = layout(b)?;
+    let index: &[PairIndex] = bytemuck::try_cast_slice(&b[l.index()]).ok()?;
+    index
+        .get(from..to)?
+        .iter()
+        .map(|e| Some((text(b, e.query_at, e.query_len)?, text(b, e.doc_at, e.doc_len)?)))
+        .collect()
+}
+
 /// Worker: the request is scored. False when the segment is not a request.
 pub fn put_done(b: &mut [u8], scores: &[f32], stats: &ScoreStats) -> bool {
     let Some(l) = layout(b) else { return false };
@@ -279,5 +291,76 @@ pub fn read_response(b: &[u8]) -> Result<(Vec<f32>, ScoreStats), EngineError> {
             Err(e)
         }
         _ => Err(unreadable()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An 8-byte aligned buffer, as a DSM segment is.
+    fn segment(size: usize) -> Vec<u64> {
+        vec![0u64; size.div_ceil(8)]
+    }
+
+    fn bytes(v: &mut [u64], size: usize) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut(v)[..size]
+    }
+
+    #[test]
+    fn a_request_round_trips_and_queries_are_shared() {
+        let pairs = [("q1", "doc a"), ("q1", "é doc b"), ("q2", ""), ("q1", "d")];
+        let size = size("/models", "tiny/bert", &pairs);
+        let mut seg = segment(size);
+        let b = bytes(&mut seg, size);
+        write_request(b, 42, true, "/models", "tiny/bert", &pairs);
+        let r = read_request(b).expect("a request");
+        assert_eq!((r.request, r.raw, r.dir, r.model), (42, true, "/models", "tiny/bert"));
+        assert_eq!(r.pairs, pairs.to_vec());
+        assert_eq!(read_pairs(b, 1, 3), Some(pairs[1..3].to_vec()));
+        assert_eq!(read_pairs(b, 3, 5), None);
+        // "q1" is written twice (runs 1 and 3), not four times.
+        let texts: usize = "/models".len() + "tiny/bert".len() + 2 + 2 + 2 + "doc a".len() + "é doc b".len() + 1;
+        assert_eq!(size, Layout { n: 4 }.texts() + texts);
+    }
+
+    #[test]
+    fn scores_and_errors_reach_the_backend() {
+        let pairs = [("q", "a"), ("q", "b"), ("q", "c")];
+        let size = size("", "m", &pairs);
+        let mut seg = segment(size);
+        let b = bytes(&mut seg, size);
+        write_request(b, 1, false, "", "m", &pairs);
+        assert!(read_response(b).is_err(), "pending is no result");
+        let stats = ScoreStats { pairs: 3, tokens: 12, truncated: 1, batches: 2 };
+        assert!(put_done(b, &[0.5, f32::NAN, -1.0], &stats));
+        let (scores, got) = read_response(b).expect("scored");
+        assert_eq!((scores[0], scores[2], got), (0.5, -1.0, stats));
+        assert!(scores[1].is_nan());
+        assert!(!put_done(b, &[1.0], &stats), "a wrong count is refused");
+        let e = EngineError::new(ErrorKind::ModelNotFound, "model \"m\" does not exist").with_detail("d".repeat(9000));
+        assert!(put_error(b, &e));
+        let back = read_response(b).expect_err("failed");
+        assert_eq!((back.kind, back.message.as_str()), (ErrorKind::ModelNotFound, "model \"m\" does not exist"));
+        assert!(back.detail.is_some_and(|d| d.len() < ERROR_TEXT));
+    }
+
+    #[test]
+    fn anything_else_is_not_a_request() {
+        let mut seg = segment(8192);
+        let b = bytes(&mut seg, 8192);
+        assert!(read_request(b).is_none());
+        assert!(!put_error(b, &EngineError::new(ErrorKind::Inference, "x")));
+        let pairs = [("q", "a")];
+        let size = size("", "m", &pairs);
+        write_request(b, 7, false, "", "m", &pairs);
+        assert!(read_request(&b[..size]).is_some());
+        // Cut short: the last text is missing.
+        assert!(read_request(&b[..size - 1]).is_none());
+        // A header claiming more pairs than the segment holds.
+        b[16..20].copy_from_slice(&1_000_000u32.to_ne_bytes());
+        assert!(read_request(b).is_none());
+        // A misaligned view is refused, never read.
+        assert!(read_request(&b[1..]).is_none());
     }
 }

@@ -33,8 +33,10 @@ use std::time::{Duration, Instant};
 const RETRY_LOAD: Duration = Duration::from_secs(10);
 /// Most load failures remembered (names that do not exist are never remembered).
 const MAX_FAILURES: usize = 32;
-/// Pairs tokenized between two waves of batches: a few milliseconds.
-const TOKENIZE_SLICE: usize = 64;
+/// Pairs of searches tokenized between two waves of batches (a few tens of
+/// milliseconds), and pairs of bulk requests at least.
+const TOKENIZE_SLICE: usize = 256;
+const TOKENIZE_SLICE_BULK: usize = 64;
 /// How often every slot is checked for an owner that is gone.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
@@ -148,7 +150,7 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
         // A slice of tokenizing between two waves of batches: a search that arrives is
         // never held up by a long request being tokenized, and signals and withdrawn
         // requests are seen every few milliseconds.
-        w.tokenize(TOKENIZE_SLICE);
+        w.tokenize();
         w.run_wave();
     }
     // SAFETY: ends the worker the Postgres way, running the exit callbacks.
@@ -278,8 +280,10 @@ impl Worker {
                 let group = *self.groups.entry(key.clone()).or_insert(next);
                 self.keys.insert(group, key.clone());
                 self.devices.insert(group, m.device());
-                let (sched, groups) = (&self.sched, &self.groups);
-                let pinned = |k: &Key| groups.get(k).is_some_and(|g| sched.uses(*g));
+                // Models of taken requests (tokenizing or queued) stay.
+                let busy: std::collections::HashSet<Group> = self.live.values().map(|l| l.group).collect();
+                let groups = &self.groups;
+                let pinned = |k: &Key| groups.get(k).is_some_and(|g| busy.contains(g));
                 for old in self.models.insert(key.clone(), Arc::clone(m), m.memory_bytes(), &pinned) {
                     log!("pg_rerank worker unloaded model \"{}\" (pg_rerank.worker_memory)", old.1);
                     if let Some(st) = self.shared.find_stats(&old.1) {
@@ -372,16 +376,32 @@ impl Worker {
         }
     }
 
-    /// Tokenizes taken requests, searches first, up to `budget` pairs, and hands each
-    /// fully tokenized one to the scheduler.
-    fn tokenize(&mut self, budget: usize) {
-        let mut left = budget;
+    /// Tokenizes a slice of the taken requests (searches first) and hands each fully
+    /// tokenized one to the scheduler.
+    fn tokenize(&mut self) {
         self.tokenizing.retain(|id| self.live.contains_key(id)); // withdrawn meanwhile
+        // Searches first, fewest pairs left first; then bulk, first come first served.
         let mut order = self.tokenizing.clone();
-        order.sort_by_key(|id| (self.live[id].priority == Priority::Bulk, self.live[id].taken_us));
+        order.sort_by_key(|id| {
+            let l = &self.live[id];
+            match l.priority {
+                Priority::Interactive => (0, l.pairs - l.encoded.len(), l.taken_us),
+                Priority::Bulk => (1, 0, l.taken_us),
+            }
+        });
+        let mut left = TOKENIZE_SLICE;
+        let mut bulk_left = TOKENIZE_SLICE_BULK;
         for id in order {
-            if left == 0 {
-                break;
+            let budget = match self.live[&id].priority {
+                Priority::Interactive => &mut left,
+                // Bulk gets at least its own slice, so searches cannot hold it off.
+                Priority::Bulk => {
+                    bulk_left = bulk_left.max(left);
+                    &mut bulk_left
+                }
+            };
+            if *budget == 0 {
+                continue;
             }
             let group = self.live[&id].group;
             let key = self.keys[&group].clone();
@@ -394,16 +414,16 @@ impl Worker {
             };
             let live = self.live.get_mut(&id).expect("tokenizing requests are live");
             let from = live.encoded.len();
-            let to = live.pairs.min(from.saturating_add(left));
+            let to = live.pairs.min(from.saturating_add(*budget));
+            *budget -= to - from;
             let started = shmem::now_us();
-            let encoded: Result<Vec<Encoded>, EngineError> = match wire::read_request(live.buf) {
-                Some(r) => model.encode_many(&r.pairs[from..to], guc::worker_threads()).into_iter().collect(),
+            let encoded: Result<Vec<Encoded>, EngineError> = match wire::read_pairs(live.buf, from, to) {
+                Some(pairs) => model.encode_many(&pairs, guc::worker_threads()).into_iter().collect(),
                 None => Err(EngineError::new(ErrorKind::Inference, "the pg_rerank worker could not read the request")),
             };
             if let Some(st) = live.model_stats {
                 st.tokenize_us.fetch_add((shmem::now_us() - started).max(0) as u64, Ordering::Relaxed);
             }
-            left -= to - from;
             match encoded {
                 // One bad pair fails its own request, never a neighbour's.
                 Err(e) => self.withdraw_tokenizing(id, Err(e)),
@@ -509,7 +529,8 @@ impl Worker {
             model.run_many(&rows)
         };
         for (batch, result) in wave.iter().zip(results) {
-            self.count_batch(batch, result.is_ok());
+            let scored = result.as_ref().is_ok_and(|v| v.len() == batch.rows.len());
+            self.count_batch(batch, scored);
             for f in self.sched.complete(batch, result) {
                 self.finished(f);
             }
@@ -517,8 +538,9 @@ impl Worker {
     }
 
     fn count_batch(&self, batch: &Batch, scored: bool) {
-        let Some(first) = self.live.get(&batch.rows[0].request) else { return };
-        if let Some(st) = first.model_stats {
+        // Any request of the batch still taken names the model (all are of one model).
+        let stats = batch.rows.iter().find_map(|r| self.live.get(&r.request)).and_then(|l| l.model_stats);
+        if let Some(st) = stats {
             st.batches.fetch_add(1, Ordering::Relaxed);
             st.batched_pairs.fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
             if batch.shared() {
