@@ -107,7 +107,11 @@ def run(mode, n):
 
 def main():
     with psycopg.connect(DSN, autocommit=True) as c:
-        w = c.execute("SELECT state, device FROM pg_rerank_worker()").fetchone()
+        for _ in range(600):  # a freshly started worker loads its model first
+            w = c.execute("SELECT state, device FROM pg_rerank_worker()").fetchone()
+            if w[0] != "starting":
+                break
+            time.sleep(0.1)
         assert w[0] == "ready", f"the worker is {w[0]}: preload pg_rerank"
         settings = dict(c.execute("SELECT name, setting FROM pg_settings WHERE name LIKE 'pg_rerank.%'").fetchall())
     results = []

@@ -245,11 +245,10 @@ pub fn score(
         wait(POLL_MS);
     }
     let result = match slot.outcome.load() {
-        Outcome::Lost => Err(report(
-            PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
-            "the pg_rerank worker could not read this request",
-        )
-        .set_hint("Retry the call; the server log may tell more.")),
+        Outcome::Lost => {
+            Err(report(PgSqlErrorCode::ERRCODE_SYSTEM_ERROR, "the pg_rerank worker could not read this request")
+                .set_hint("Retry the call; the server log may tell more."))
+        }
         // SAFETY: Done (acquire) orders the worker's writes before this read, and the worker
         // no longer touches the segment.
         Outcome::InSegment => wire::read_response(unsafe { std::slice::from_raw_parts(addr, size) }).map_err(engine),

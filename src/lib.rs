@@ -43,9 +43,6 @@ pub mod pg_test {
         let dir = option_env!("PG_RERANK_TEST_MODEL_DIR")
             .map(str::to_string)
             .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/models").to_string());
-        vec![
-            Box::leak(format!("pg_rerank.model_dir = '{dir}'").into_boxed_str()),
-            "pg_rerank.model = 'minilm-debian'",
-        ]
+        vec![Box::leak(format!("pg_rerank.model_dir = '{dir}'").into_boxed_str()), "pg_rerank.model = 'minilm-debian'"]
     }
 }

@@ -26,7 +26,7 @@ use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// How long a model that failed to load answers with that error before it is tried again.
@@ -37,6 +37,10 @@ const MAX_FAILURES: usize = 32;
 /// milliseconds), and pairs of bulk requests at least.
 const TOKENIZE_SLICE: usize = 256;
 const TOKENIZE_SLICE_BULK: usize = 64;
+/// How long the worker waits for a batch's scores before it looks at its slots again (new
+/// requests, cancels): the inference threads cannot set its latch (they never call into
+/// Postgres), so a short wait keeps both prompt.
+const COLLECT_WAIT: Duration = Duration::from_millis(2);
 /// How often every slot is checked for an owner that is gone.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
@@ -82,6 +86,11 @@ struct Worker {
     live: HashMap<RequestId, Live>,
     /// Taken requests not yet handed to the scheduler, in the order they came.
     tokenizing: Vec<RequestId>,
+    /// Batches running on inference threads, and where their scores come back.
+    running: HashMap<u64, Batch>,
+    next_batch_id: u64,
+    results_tx: mpsc::Sender<(u64, Result<Vec<f32>, EngineError>)>,
+    results_rx: mpsc::Receiver<(u64, Result<Vec<f32>, EngineError>)>,
     models: Lru<Key, Arc<Model>>,
     failures: Failures<Key, EngineError>,
     /// Batch-sharing group of each model that has loaded, and back.
@@ -108,12 +117,17 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
     let generation = shared.worker_starts.fetch_add(1, Ordering::AcqRel) + 1;
     shared.worker_pid.store(pid, Ordering::Release);
 
+    let (results_tx, results_rx) = mpsc::channel();
     let mut w = Worker {
         shared,
         generation,
         sched: Scheduler::new(policy()),
         live: HashMap::new(),
         tokenizing: Vec::new(),
+        running: HashMap::new(),
+        next_batch_id: 0,
+        results_tx,
+        results_rx,
         models: Lru::new(guc::worker_memory_bytes()),
         failures: Failures::new(MAX_FAILURES, RETRY_LOAD),
         groups: HashMap::new(),
@@ -129,13 +143,19 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
 
     loop {
         if BackgroundWorker::sigterm_received() {
+            // Let the inference threads finish before the process exits under them (a
+            // batch takes milliseconds to a second); their requests are answered.
+            while !w.running.is_empty() {
+                w.collect(Duration::from_millis(100));
+            }
             break;
         }
         if BackgroundWorker::sighup_received() {
             w.reload();
         }
-        w.drop_withdrawn();
-        if w.last_reap.elapsed() >= REAP_EVERY {
+        let check_owners = w.last_reap.elapsed() >= REAP_EVERY;
+        w.drop_withdrawn(check_owners);
+        if check_owners {
             w.reap_all();
         }
         let was_idle = w.live.is_empty();
@@ -147,11 +167,15 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
         if was_idle {
             w.gather();
         }
-        // A slice of tokenizing between two waves of batches: a search that arrives is
-        // never held up by a long request being tokenized, and signals and withdrawn
-        // requests are seen every few milliseconds.
+        // A slice of tokenizing between batches: a search that arrives is never held up
+        // by a long request being tokenized, and signals and withdrawn requests are seen
+        // every few milliseconds.
         w.tokenize();
-        w.run_wave();
+        w.dispatch();
+        // Scores of the batches running; while a request is still being tokenized, only
+        // a glance, so that it goes on at once.
+        let wait = if w.tokenizing.is_empty() { COLLECT_WAIT } else { Duration::ZERO };
+        w.collect(wait);
     }
     // SAFETY: ends the worker the Postgres way, running the exit callbacks.
     unsafe { pg_sys::proc_exit(1) };
@@ -380,7 +404,7 @@ impl Worker {
     /// tokenized one to the scheduler.
     fn tokenize(&mut self) {
         self.tokenizing.retain(|id| self.live.contains_key(id)); // withdrawn meanwhile
-        // Searches first, fewest pairs left first; then bulk, first come first served.
+                                                                 // Searches first, fewest pairs left first; then bulk, first come first served.
         let mut order = self.tokenizing.clone();
         order.sort_by_key(|id| {
             let l = &self.live[id];
@@ -494,46 +518,79 @@ impl Worker {
         }
     }
 
-    /// Runs the next batch, and beside it as many more of the same model as it has
-    /// sessions; answers every request this completes.
-    fn run_wave(&mut self) {
-        let devices = &self.devices;
-        let Some(first) = self.sched.next_batch(&|g| Self::limits(devices, g)) else { return };
-        let group = first.group;
-        let key = self.keys[&group].clone();
-        let model = match self.model(&key) {
-            Ok(m) => m,
-            Err(e) => {
-                // The model was reloaded and broke meanwhile: fail its requests.
-                for id in self.sched.ids_in(group) {
-                    if let Some(f) = self.sched.fail(id, e.clone()) {
+    /// Batches that may run at once: one per session (CPU: `worker_threads`; a GPU: one),
+    /// and as many more waiting for a session, so that a session never idles between two
+    /// batches while this thread is busy.
+    fn capacity(&self) -> usize {
+        let sessions = match Device::parse(&guc::device()) {
+            Some(Device::Cuda(_)) => 1,
+            _ => guc::worker_threads(),
+        };
+        2 * sessions
+    }
+
+    /// Starts the batches the scheduler cuts, each on an inference thread of its own that
+    /// only runs the model and sends the scores back, until `capacity` run.
+    fn dispatch(&mut self) {
+        let capacity = self.capacity();
+        while self.running.len() < capacity {
+            let devices = &self.devices;
+            let Some(batch) = self.sched.next_batch(&|g| Self::limits(devices, g)) else { return };
+            let key = self.keys[&batch.group].clone();
+            let model = match self.model(&key) {
+                Ok(m) => m,
+                Err(e) => {
+                    // The model was reloaded and broke meanwhile: fail its requests.
+                    for f in self.sched.complete(&batch, Err(e.clone())) {
                         self.finished(f);
                     }
+                    for id in self.sched.ids_in(batch.group) {
+                        if let Some(f) = self.sched.fail(id, e.clone()) {
+                            self.finished(f);
+                        }
+                    }
+                    continue;
                 }
-                return;
-            }
-        };
-        let limits = Self::limits(&self.devices, group);
-        let mut wave = vec![first];
-        while wave.len() < model.parallel() {
-            match self.sched.next_batch_in(group, limits) {
-                Some(b) => wave.push(b),
-                None => break,
+            };
+            // The thread owns copies of its rows: a request may be answered (and its
+            // tokens dropped) while a batch holding some of its rows still runs.
+            let rows: Vec<Encoded> = batch.rows.iter().map(|r| self.live[&r.request].encoded[r.pair].clone()).collect();
+            self.next_batch_id += 1;
+            let (id, tx) = (self.next_batch_id, self.results_tx.clone());
+            let spawned = std::thread::Builder::new().name("pg_rerank inference".into()).spawn(move || {
+                let refs: Vec<&Encoded> = rows.iter().collect();
+                // The receiver lives as long as the worker process.
+                let _ = tx.send((id, model.run_rows(&refs)));
+            });
+            match spawned {
+                Ok(_) => {
+                    self.running.insert(id, batch);
+                }
+                Err(e) => {
+                    let e = EngineError::new(ErrorKind::Inference, "could not start an inference thread")
+                        .with_detail(e.to_string());
+                    for f in self.sched.complete(&batch, Err(e)) {
+                        self.finished(f);
+                    }
+                    return;
+                }
             }
         }
-        let results = {
-            let rows: Vec<Vec<&Encoded>> = wave
-                .iter()
-                .map(|b| b.rows.iter().map(|r| &self.live[&r.request].encoded[r.pair]).collect())
-                .collect();
-            model.run_many(&rows)
-        };
-        for (batch, result) in wave.iter().zip(results) {
-            let scored = result.as_ref().is_ok_and(|v| v.len() == batch.rows.len());
-            self.count_batch(batch, scored);
-            for f in self.sched.complete(batch, result) {
-                self.finished(f);
+    }
+
+    /// Takes the scores of finished batches, waiting up to `wait` for the first, and
+    /// answers every request they complete.
+    fn collect(&mut self, wait: Duration) {
+        let mut next = if self.running.is_empty() { None } else { self.results_rx.recv_timeout(wait).ok() };
+        while let Some((id, result)) = next {
+            if let Some(batch) = self.running.remove(&id) {
+                let scored = result.as_ref().is_ok_and(|v| v.len() == batch.rows.len());
+                self.count_batch(&batch, scored);
+                for f in self.sched.complete(&batch, result) {
+                    self.finished(f);
+                }
             }
+            next = self.results_rx.try_recv().ok();
         }
     }
 
@@ -609,15 +666,15 @@ impl Worker {
         }
     }
 
-    /// Drops the requests whose owner withdrew them (cancel, timeout, error) or died: their
-    /// pairs are not scored, their slots are freed.
-    fn drop_withdrawn(&mut self) {
+    /// Drops the requests whose owner withdrew them (cancel, timeout, error) or, when
+    /// `check_owners`, died: their pairs are not scored, their slots are freed.
+    fn drop_withdrawn(&mut self, check_owners: bool) {
         let gone: Vec<RequestId> = self
             .live
             .iter()
             .filter(|(_, l)| {
                 let s = &self.shared.slots[l.slot];
-                s.state.load() == SlotState::Cancelled || !s.owner_alive()
+                s.state.load() == SlotState::Cancelled || (check_owners && !s.owner_alive())
             })
             .map(|(id, _)| *id)
             .collect();

@@ -38,7 +38,9 @@ fn rerank_pairs(
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             format!("too many pairs to score: {}, the limit is {max}", queries.len()),
         )
-        .set_hint("Score the table in chunks of rows (GROUP BY id / 10000), or have a superuser raise pg_rerank.max_pairs."));
+        .set_hint(
+            "Score the table in chunks of rows (GROUP BY id / 10000), or have a superuser raise pg_rerank.max_pairs.",
+        ));
     }
     let (positions, pairs): (Vec<usize>, Vec<(&str, &str)>) =
         queries.iter().zip(docs.iter()).enumerate().filter_map(|(i, (q, d))| Some((i, (q?, d?)))).unzip();

@@ -16,6 +16,6 @@ pub mod scheduler;
 pub use batch::BatchLimits;
 pub use config::{Family, Head, ModelConfig};
 pub use error::{EngineError, ErrorKind, Result};
+pub use model::{finish, Device, Encoded, Model, ScoreOptions, ScoreStats, SessionOptions};
 pub use rank::rank;
 pub use scheduler::{Batch, Finished, Policy, Priority, Scheduler};
-pub use model::{finish, Device, Encoded, Model, ScoreOptions, ScoreStats, SessionOptions};

@@ -124,6 +124,9 @@ pub struct Model {
     tokenizer_longest_first: Tokenizer,
     /// One or more sessions of the same graph: batches run on as many at once.
     sessions: Vec<Mutex<Session>>,
+    /// Signalled when a session is given back, for callers waiting for any free one.
+    released: parking_lot::Condvar,
+    released_lock: Mutex<()>,
     inputs: Vec<InputSpec>,
     output_f16: bool,
     device: Device,
@@ -197,6 +200,8 @@ impl Model {
             tokenizer,
             tokenizer_longest_first,
             sessions,
+            released: parking_lot::Condvar::new(),
+            released_lock: Mutex::new(()),
             inputs,
             output_f16,
             device: opts.device,
@@ -495,6 +500,33 @@ impl Model {
             .collect()
     }
 
+    fn acquire_session(&self) -> parking_lot::MutexGuard<'_, Session> {
+        loop {
+            if let Some(s) = self.sessions.iter().find_map(|s| s.try_lock()) {
+                return s;
+            }
+            let mut idle = self.released_lock.lock();
+            // Bounded: a release between try_lock and this wait is seen within 1 ms.
+            self.released.wait_for(&mut idle, std::time::Duration::from_millis(1));
+        }
+    }
+
+    fn run_session(
+        session: &mut Session,
+        feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
+        f16: bool,
+    ) -> Result<Vec<f32>> {
+        let outputs = session.run(feed).map_err(inference)?;
+        let out = &outputs[0];
+        Ok(if f16 {
+            let (_, data) = out.try_extract_tensor::<half::f16>().map_err(inference)?;
+            data.iter().map(|x| x.to_f32()).collect()
+        } else {
+            let (_, data) = out.try_extract_tensor::<f32>().map_err(inference)?;
+            data.to_vec()
+        })
+    }
+
     /// Runs one batch, padded to its longest row, and returns each row's raw score (the
     /// logit, or for two-label heads the positive-minus-negative logit). Callers that
     /// gather pairs from several requests batch them with [`batch::plan`] and call this.
@@ -541,16 +573,14 @@ impl Model {
             feed.push((Cow::Borrowed(spec.name.as_str()), value));
         }
 
-        // A free session, else wait for the first.
-        let mut session = self.sessions.iter().find_map(|s| s.try_lock()).unwrap_or_else(|| self.sessions[0].lock());
-        let outputs = session.run(feed).map_err(inference)?;
-        let out = &outputs[0];
-        let logits: Vec<f32> = if self.output_f16 {
-            let (_, data) = out.try_extract_tensor::<half::f16>().map_err(inference)?;
-            data.iter().map(|x| x.to_f32()).collect()
-        } else {
-            let (_, data) = out.try_extract_tensor::<f32>().map_err(inference)?;
-            data.to_vec()
+        // Whichever session is free first: batches run side by side on as many threads as
+        // there are sessions, and a batch waiting for one never leaves another idle.
+        let logits = {
+            let mut session = self.acquire_session();
+            let logits = Self::run_session(&mut session, feed, self.output_f16);
+            drop(session);
+            self.released.notify_one();
+            logits?
         };
         let Head::Classifier { num_labels, positive } = self.config.head;
         if logits.len() != n * num_labels {

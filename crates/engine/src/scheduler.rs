@@ -528,9 +528,8 @@ mod tests {
                 }
                 h.step();
             }
-            let tokens = |c: Priority| -> usize {
-                h.batches.iter().filter(|b| b.priority == c).map(|b| b.padded_tokens).sum()
-            };
+            let tokens =
+                |c: Priority| -> usize { h.batches.iter().filter(|b| b.priority == c).map(|b| b.padded_tokens).sum() };
             let bulk = tokens(Priority::Bulk) as f64 / (tokens(Priority::Bulk) + tokens(Priority::Interactive)) as f64;
             assert!((bulk - share).abs() < 0.02, "share {share}: bulk got {bulk:.3}");
         }
