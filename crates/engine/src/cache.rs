@@ -80,10 +80,6 @@ impl<K: PartialEq + Clone, V> Lru<K, V> {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-
-    pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.entries.iter().map(|e| &e.key)
-    }
 }
 
 /// Recent load failures: at most `cap`, each for `ttl`, so a broken model answers with its

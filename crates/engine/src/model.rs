@@ -461,12 +461,7 @@ impl Model {
         Ok((scores, stats))
     }
 
-    /// Sessions that can run batches at the same time.
-    pub fn parallel(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// Runs batches, up to [`Model::parallel`] at once on scoped threads that only run the
+    /// Runs batches, as many at once as the model has sessions, on scoped threads that only run the
     /// model; results are in the order of `batches`.
     pub fn run_many(&self, batches: &[Vec<&Encoded>]) -> Vec<Result<Vec<f32>>> {
         let threads = self.sessions.len().min(batches.len());

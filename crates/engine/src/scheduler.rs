@@ -184,11 +184,6 @@ impl Scheduler {
         self.requests.contains_key(&id)
     }
 
-    /// (pairs scored, pairs in all) of a queued request.
-    pub fn progress(&self, id: RequestId) -> Option<(usize, usize)> {
-        self.requests.get(&id).map(|p| (p.lengths.len() - p.left, p.lengths.len()))
-    }
-
     /// Queued requests.
     pub fn len(&self) -> usize {
         self.requests.len()
@@ -201,16 +196,6 @@ impl Scheduler {
     /// Pairs waiting for a batch (not counting those in a batch now).
     pub fn waiting_pairs(&self) -> usize {
         self.requests.values().map(Pending::waiting).sum()
-    }
-
-    /// Whether any queued request belongs to `group`.
-    pub fn uses(&self, group: Group) -> bool {
-        self.requests.values().any(|p| p.group == group)
-    }
-
-    /// Ids of the queued requests.
-    pub fn ids(&self) -> Vec<RequestId> {
-        self.requests.keys().copied().collect()
     }
 
     /// Ids of the queued requests of `group`.
@@ -709,11 +694,11 @@ mod tests {
         let mut s = Scheduler::new(Policy::default());
         assert_eq!(s.submit(5, 0, Priority::Bulk, Vec::new()).map(|f| f.result), Some(Ok(Vec::new())));
         s.submit(1, 0, Priority::Bulk, vec![10; 6]);
-        assert_eq!(s.progress(1), Some((0, 6)));
+        assert_eq!(s.waiting_pairs(), 6);
         let b = s.next_batch(&|_| CPU).expect("batch");
-        s.complete(&b, Ok(vec![0.5; 4]));
-        assert_eq!(s.progress(1), Some((4, 6)));
-        assert!(s.uses(0) && !s.uses(1));
+        assert!(s.complete(&b, Ok(vec![0.5; 4])).is_empty());
+        assert_eq!((s.waiting_pairs(), s.len()), (2, 1));
+        assert_eq!(s.ids_in(0), vec![1]);
         let f = s.fail(1, EngineError::new(ErrorKind::ModelNotFound, "gone")).expect("queued");
         assert!(f.result.is_err());
         assert!(s.next_batch(&|_| CPU).is_none());
