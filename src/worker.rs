@@ -559,8 +559,12 @@ impl Worker {
             let (id, tx) = (self.next_batch_id, self.results_tx.clone());
             let spawned = std::thread::Builder::new().name("pg_rerank inference".into()).spawn(move || {
                 let refs: Vec<&Encoded> = rows.iter().collect();
+                // Every batch reports back, even one whose thread panicked: its requests
+                // get an error instead of waiting for ever.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run_rows(&refs)))
+                    .unwrap_or_else(|_| Err(EngineError::new(ErrorKind::Inference, "an inference thread panicked")));
                 // The receiver lives as long as the worker process.
-                let _ = tx.send((id, model.run_rows(&refs)));
+                let _ = tx.send((id, result));
             });
             match spawned {
                 Ok(_) => {
