@@ -25,7 +25,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 const RETRY_LOAD: Duration = Duration::from_secs(10);
 /// Most load failures remembered (names that do not exist are never remembered).
 const MAX_FAILURES: usize = 32;
-/// Pairs of searches tokenized between two waves of batches (a few tens of
+/// Pairs of searches tokenized between two rounds of the main loop (a few tens of
 /// milliseconds), and pairs of bulk requests at least.
 const TOKENIZE_SLICE: usize = 256;
 const TOKENIZE_SLICE_BULK: usize = 64;
@@ -57,6 +57,13 @@ pub fn register() {
 
 /// Slots of the requests this process holds, for the exit callback.
 static IN_FLIGHT: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// Inference threads alive: the process waits for them before it exits (ONNX Runtime must
+/// not be torn down under a running batch).
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// How long the worker waits for running batches at exit or reload: far beyond any batch.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// (model directory, model name).
 type Key = (String, String);
@@ -143,11 +150,8 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
 
     loop {
         if BackgroundWorker::sigterm_received() {
-            // Let the inference threads finish before the process exits under them (a
-            // batch takes milliseconds to a second); their requests are answered.
-            while !w.running.is_empty() {
-                w.collect(Duration::from_millis(100));
-            }
+            // The batches running are answered; `on_exit` then waits for their threads.
+            w.finish_running(DRAIN_LIMIT);
             break;
         }
         if BackgroundWorker::sighup_received() {
@@ -195,6 +199,12 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     sh.worker_pid.store(0, Ordering::Release);
     for slot in IN_FLIGHT.lock().drain(..) {
         shmem::wake(sh.slots[slot].owner_procno.load(Ordering::Acquire));
+    }
+    // Also on ERROR and FATAL paths: let the inference threads end before exit() runs the
+    // libraries' destructors under them.
+    let start = Instant::now();
+    while THREADS.load(Ordering::Acquire) > 0 && start.elapsed() < DRAIN_LIMIT {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -253,6 +263,8 @@ impl Worker {
     fn reload(&mut self) {
         // SAFETY: re-reads the configuration file, from the worker's main thread.
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        // The old sessions go before the new ones load (a GPU may not hold both).
+        self.finish_running(DRAIN_LIMIT);
         self.models.clear();
         self.failures.clear();
         self.devices.clear();
@@ -495,14 +507,14 @@ impl Worker {
     }
 
     /// After a start with nothing to do, waits up to pg_rerank.batch_wait for more requests,
-    /// until a full wave of batches waits.
+    /// until a batch for every session waits.
     fn gather(&mut self) {
         let wait_ms = guc::batch_wait_ms();
         if wait_ms == 0 {
             return;
         }
         let deadline = shmem::now_us() + wait_ms * 1000;
-        // A full wave: one full batch per session of the model first in line.
+        // One full batch per session of the model first in line.
         let full = self.live.values().next().map_or(0, |l| {
             let device = self.devices.get(&l.group).copied().unwrap_or(Device::Cpu);
             let sessions = if device == Device::Cpu { guc::worker_threads() } else { 1 };
@@ -557,20 +569,29 @@ impl Worker {
             let rows: Vec<Encoded> = batch.rows.iter().map(|r| self.live[&r.request].encoded[r.pair].clone()).collect();
             self.next_batch_id += 1;
             let (id, tx) = (self.next_batch_id, self.results_tx.clone());
+            THREADS.fetch_add(1, Ordering::AcqRel);
             let spawned = std::thread::Builder::new().name("pg_rerank inference".into()).spawn(move || {
-                let refs: Vec<&Encoded> = rows.iter().collect();
                 // Every batch reports back, even one whose thread panicked: its requests
                 // get an error instead of waiting for ever.
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run_rows(&refs)))
-                    .unwrap_or_else(|_| Err(EngineError::new(ErrorKind::Inference, "an inference thread panicked")));
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let refs: Vec<&Encoded> = rows.iter().collect();
+                    model.run_rows(&refs)
+                }))
+                .unwrap_or_else(|_| Err(EngineError::new(ErrorKind::Inference, "an inference thread panicked")));
+                // The model (perhaps its last reference, after a reload) goes before the
+                // thread says it is done: the process never exits under ONNX Runtime.
+                drop(model);
+                drop(rows);
                 // The receiver lives as long as the worker process.
                 let _ = tx.send((id, result));
+                THREADS.fetch_sub(1, Ordering::AcqRel);
             });
             match spawned {
                 Ok(_) => {
                     self.running.insert(id, batch);
                 }
                 Err(e) => {
+                    THREADS.fetch_sub(1, Ordering::AcqRel);
                     let e = EngineError::new(ErrorKind::Inference, "could not start an inference thread")
                         .with_detail(e.to_string());
                     for f in self.sched.complete(&batch, Err(e)) {
@@ -595,6 +616,14 @@ impl Worker {
                 }
             }
             next = self.results_rx.try_recv().ok();
+        }
+    }
+
+    /// Collects the batches running, for up to `limit`.
+    fn finish_running(&mut self, limit: Duration) {
+        let start = Instant::now();
+        while !self.running.is_empty() && start.elapsed() < limit {
+            self.collect(Duration::from_millis(100));
         }
     }
 
