@@ -18,6 +18,8 @@ import time
 
 import psycopg
 
+from procmem import rss_anon_kib
+
 DSN, CORPUS, OUT_JSON, OUT_PNG = sys.argv[1:5]
 SECONDS = float(sys.argv[5]) if len(sys.argv) > 5 else 10.0
 CLIENTS = [1, 2, 4, 8, 16]
@@ -27,17 +29,6 @@ CORES = os.cpu_count() or 1
 docs = [json.loads(line)["text"] for line in open(CORPUS)][:20000]
 queries = ["audio player", "python library", "network monitoring tool", "font for terminals",
            "chess engine", "image viewer", "compression library", "kernel module tools"]
-
-
-def rss_anon_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def client(k, mode, threads, stop_at, start, out, pids):

@@ -14,12 +14,13 @@ soak: 16 clients calling rerank() of 20 to 50 documents back to back, plus one
     python benches/service.py soak DSN CORPUS_JSONL OUT_JSON OUT_PNG [seconds]
 """
 import json
-import statistics
 import sys
 import threading
 import time
 
 import psycopg
+
+from procmem import rss_anon_kib
 
 MODE, DSN, CORPUS, OUT_JSON = sys.argv[1:5]
 docs = [json.loads(line)["text"] for line in open(CORPUS)][:20000]
@@ -103,17 +104,6 @@ def latency():
     }
     json.dump(result, open(OUT_JSON, "w"), indent=2)
     print(json.dumps(result, indent=2))
-
-
-def rss_anon_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def soak():

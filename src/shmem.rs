@@ -177,7 +177,7 @@ pub struct Slot {
 impl Slot {
     /// Owner only, while the slot is Claimed: records the model name for the progress view.
     pub fn set_model(&self, name: &str) {
-        let key = clip_bytes(name, SLOT_NAME_LEN);
+        let key = crate::wire::clip(name, SLOT_NAME_LEN).as_bytes();
         // SAFETY: only the owner writes `model`, and only while the slot is Claimed;
         // readers (the progress view) tolerate a torn name and check `request` around it.
         unsafe { (&mut *self.model.get())[..key.len()].copy_from_slice(key) };
@@ -477,14 +477,6 @@ pub fn my_proc() -> (i32, i32) {
     unsafe { ((*pg_sys::MyProc).pgprocno, pg_sys::MyProcPid) }
 }
 
-fn clip_bytes(s: &str, max: usize) -> &[u8] {
-    let mut n = s.len().min(max);
-    while !s.is_char_boundary(n) {
-        n -= 1;
-    }
-    &s.as_bytes()[..n]
-}
-
 impl Shared {
     pub fn worker_running(&self) -> bool {
         self.worker_pid.load(Ordering::Acquire) != 0
@@ -515,7 +507,7 @@ impl Shared {
     pub fn set_status(&self, s: &str) {
         self.status_seq.fetch_add(1, Ordering::AcqRel);
         let mut bytes = [0u8; STATUS_LEN];
-        let key = clip_bytes(s, STATUS_LEN - 1);
+        let key = crate::wire::clip(s, STATUS_LEN - 1).as_bytes();
         bytes[..key.len()].copy_from_slice(key);
         // SAFETY: the worker is the only writer; the odd sequence number tells readers
         // to retry.
@@ -530,7 +522,7 @@ impl Shared {
 
     /// Worker only: the statistics entry of `name`, registering it on first use.
     pub fn model_stats(&self, name: &str) -> Option<&ModelStats> {
-        let key = clip_bytes(name, NAME_LEN);
+        let key = crate::wire::clip(name, NAME_LEN).as_bytes();
         for m in &self.models {
             match m.used.load(Ordering::Acquire) {
                 2 if m.name().is_some_and(|have| have.as_bytes() == key) => return Some(m),

@@ -241,7 +241,7 @@ fn code_kind(c: u32) -> ErrorKind {
 }
 
 /// The first `max` bytes of `s`, cut at a character boundary.
-fn clip(s: &str, max: usize) -> &str {
+pub(crate) fn clip(s: &str, max: usize) -> &str {
     let mut n = s.len().min(max);
     while !s.is_char_boundary(n) {
         n -= 1;

@@ -26,13 +26,7 @@ pub(crate) const MAX_TEXT_CHARS: usize = 32 * 8192;
 
 /// The first MAX_TEXT_CHARS characters of `s`.
 pub(crate) fn clip_text(s: &str) -> &str {
-    if s.len() <= MAX_TEXT_CHARS {
-        return s;
-    }
-    match s.char_indices().nth(MAX_TEXT_CHARS) {
-        Some((b, _)) => &s[..b],
-        None => s,
-    }
+    pg_rerank_engine::model::cut_chars(s, MAX_TEXT_CHARS).0
 }
 
 /// Scores `docs` against `query` with `model` (None: pg_rerank.model), as an interactive call.

@@ -611,7 +611,7 @@ pub fn finish(raw_score: f32, raw: bool) -> f32 {
 }
 
 /// The first `max` characters of `s`, and whether anything was cut.
-fn cut_chars(s: &str, max: usize) -> (&str, bool) {
+pub fn cut_chars(s: &str, max: usize) -> (&str, bool) {
     if s.len() <= max {
         return (s, false);
     }
