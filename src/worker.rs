@@ -415,8 +415,9 @@ impl Worker {
     /// Tokenizes a slice of the taken requests (searches first) and hands each fully
     /// tokenized one to the scheduler.
     fn tokenize(&mut self) {
-        self.tokenizing.retain(|id| self.live.contains_key(id)); // withdrawn meanwhile
-                                                                 // Searches first, fewest pairs left first; then bulk, first come first served.
+        // Requests withdrawn meanwhile are gone from `live`.
+        self.tokenizing.retain(|id| self.live.contains_key(id));
+        // Searches first, fewest pairs left first; then bulk, first come first served.
         let mut order = self.tokenizing.clone();
         order.sort_by_key(|id| {
             let l = &self.live[id];
