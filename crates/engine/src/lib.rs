@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod cache;
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod model;
 pub mod rank;
@@ -15,6 +16,7 @@ pub mod scheduler;
 
 pub use batch::BatchLimits;
 pub use config::{Family, Head, ModelConfig};
+pub use embed::{is_bi_encoder, EmbedStats, Embedder, EncodedText, Pooling, TextKind};
 pub use error::{EngineError, ErrorKind, Result};
 pub use model::{finish, Device, Encoded, Model, ScoreOptions, ScoreStats, SessionOptions};
 pub use rank::rank;
