@@ -1,4 +1,5 @@
-//! A backend's side of the background worker: queue a request, wait for its scores.
+//! A backend's side of the background worker: queue a request, wait for its scores (or
+//! embeddings).
 //!
 //! The wait is on the backend's own latch, which the worker sets when the request is
 //! done and Postgres sets on cancel or statement_timeout, so an interrupt is seen at
@@ -12,10 +13,12 @@ use crate::error::{engine, report, SqlResult};
 use crate::guc;
 use crate::shmem::{self, Outcome, Shared, SlotState, SLOTS};
 use crate::wire;
-use pg_rerank_engine::{registry, Priority, ScoreStats};
+use parking_lot::Mutex;
+use pg_rerank_engine::{registry, Priority, ScoreStats, TextKind};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Polling period while waiting, for what no latch announces (a worker that restarted).
@@ -170,16 +173,64 @@ pub fn score(
     priority: Priority,
     call: CallProgress,
 ) -> SqlResult<(Vec<f32>, ScoreStats)> {
+    let dir = crate::models::model_dir()?;
+    send(&dir.to_string_lossy(), model, pairs, wire::Kind::Score { raw }, priority, call, wire::read_response)
+}
+
+/// Width of each model's vectors, as the worker last said: (model directory, model name).
+static WIDTHS: Mutex<Option<HashMap<(String, String), usize>>> = Mutex::new(None);
+
+/// Embeds `texts` of `kind` with the bi-encoder `model` in the background worker, as one
+/// request. The first request for a model reserves room for the width its files state
+/// (or none); when that is too little, the worker answers with the width and the request
+/// is sent again.
+pub fn embed(
+    model: &str,
+    texts: &[&str],
+    kind: TextKind,
+    priority: Priority,
+    call: CallProgress,
+) -> SqlResult<(Vec<Vec<f32>>, ScoreStats)> {
+    let dir = crate::models::model_dir()?;
+    let key = (dir.to_string_lossy().into_owned(), model.to_string());
+    let pairs: Vec<(&str, &str)> = texts.iter().map(|t| ("", *t)).collect();
+    let known = WIDTHS.lock().as_ref().and_then(|w| w.get(&key).copied());
+    let mut width = known.unwrap_or_else(|| crate::models::stated_dim(&dir, model).unwrap_or(0));
+    // A model replaced by a wider one between two tries asks once more; more is a bug.
+    for _ in 0..3 {
+        let embedded =
+            send(&key.0, model, &pairs, wire::Kind::Embed { kind, width }, priority, call, wire::read_embedded)?;
+        match embedded {
+            wire::Embedded::Vectors(v, stats) => {
+                if let Some(dim) = v.first().map(Vec::len) {
+                    WIDTHS.lock().get_or_insert_with(HashMap::new).insert(key, dim);
+                }
+                return Ok((v, stats));
+            }
+            wire::Embedded::Resize(dim) => width = dim,
+        }
+    }
+    Err(report(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the pg_rerank worker kept asking for room for wider vectors"))
+}
+
+/// Sends one request of `kind` to the worker, waits for it, and reads the answer with `read`.
+fn send<T>(
+    dir: &str,
+    model: &str,
+    pairs: &[(&str, &str)],
+    kind: wire::Kind,
+    priority: Priority,
+    call: CallProgress,
+    read: impl FnOnce(&[u8]) -> Result<T, pg_rerank_engine::EngineError>,
+) -> SqlResult<T> {
     let sh = shmem::get().ok_or_else(not_preloaded)?;
     // Bad names fail here, without a trip to the worker (which checks again).
     registry::validate_name(model).map_err(engine)?;
-    let dir = crate::models::model_dir()?;
-    let dir = dir.to_string_lossy();
     let n = pairs.len();
     let ticket = admit(sh, n as u64)?;
     let slot = &sh.slots[ticket.slot];
 
-    let size = wire::size(&dir, model, pairs);
+    let size = wire::size(kind, dir, model, pairs);
     // SAFETY: dsm_create raises an error rather than return null (flags 0); the segment is
     // owned by the current resource owner, so an error before we detach frees it. Its
     // mapping is `size` bytes, page-aligned.
@@ -190,7 +241,7 @@ pub fn score(
     let request = sh.next_request.fetch_add(1, Ordering::AcqRel) + 1;
     // SAFETY: the segment is ours alone until the slot is queued below; this borrow ends
     // before that.
-    wire::write_request(unsafe { std::slice::from_raw_parts_mut(addr, size) }, request, raw, &dir, model, pairs);
+    wire::write_request(unsafe { std::slice::from_raw_parts_mut(addr, size) }, request, kind, dir, model, pairs);
 
     slot.set_model(model);
     // SAFETY: seg is the live segment created above.
@@ -251,7 +302,7 @@ pub fn score(
         }
         // SAFETY: Done (acquire) orders the worker's writes before this read, and the worker
         // no longer touches the segment.
-        Outcome::InSegment => wire::read_response(unsafe { std::slice::from_raw_parts(addr, size) }).map_err(engine),
+        Outcome::InSegment => read(unsafe { std::slice::from_raw_parts(addr, size) }).map_err(engine),
     };
     // SAFETY: the worker is done with the segment (Done); we created it and detach once.
     unsafe { pg_sys::dsm_detach(seg) };

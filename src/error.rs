@@ -31,11 +31,15 @@ pub fn engine(e: EngineError) -> ErrorReport {
         ErrorKind::Corrupt => (ERRCODE_DATA_CORRUPTED, Some("Replace the file with a complete export of the model.")),
         ErrorKind::Unsupported => (
             ERRCODE_FEATURE_NOT_SUPPORTED,
-            Some("pg_rerank runs sequence-classification cross-encoders exported to ONNX (inputs input_ids, attention_mask and optionally token_type_ids; output logits [batch, 1 or 2])."),
+            Some("pg_rerank runs sequence-classification cross-encoders exported to ONNX (inputs input_ids, attention_mask and optionally token_type_ids; output logits [batch, 1 or 2]) and sentence-transformers bi-encoders (output last_hidden_state or sentence_embedding)."),
         ),
         ErrorKind::Tokenize => (ERRCODE_DATA_EXCEPTION, None),
         ErrorKind::Inference => (ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, None),
         ErrorKind::Cancelled => (ERRCODE_QUERY_CANCELED, None),
+        ErrorKind::WrongModelKind => (
+            ERRCODE_WRONG_OBJECT_TYPE,
+            Some("rerank() and the other rerank functions take cross-encoders, embed() and embed_batch() take bi-encoders; SELECT name, kind FROM rerank_models() lists them."),
+        ),
         ErrorKind::Device => (
             ERRCODE_CONFIG_FILE_ERROR,
             Some("Set pg_rerank.device = cpu or pg_rerank.device_fallback = on and reload, or install the GPU runtime (README.md, \"GPU\"), point pg_rerank.onnxruntime at it and restart."),

@@ -44,6 +44,9 @@ static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 /// Model used when a call names none. Any user may set it per session.
 static MODEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Bi-encoder used by embed() and embed_batch() when a call names none. Any user.
+static EMBEDDING_MODEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// Path of `libonnxruntime.so`. Server start only when preloaded (a process loads one
 /// library once and cannot swap it); superuser only otherwise.
 static ONNXRUNTIME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_ORT));
@@ -115,6 +118,14 @@ pub fn init() {
         c"Model used when a call names none.",
         c"A name relative to pg_rerank.model_dir.",
         &MODEL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_rerank.embedding_model",
+        c"Bi-encoder used by embed() and embed_batch() when a call names none.",
+        c"A sentence-transformers model relative to pg_rerank.model_dir.",
+        &EMBEDDING_MODEL,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -284,6 +295,10 @@ pub fn model_dir() -> Option<String> {
 
 pub fn model() -> Option<String> {
     string(&MODEL)
+}
+
+pub fn embedding_model() -> Option<String> {
+    string(&EMBEDDING_MODEL)
 }
 
 pub fn onnxruntime() -> Option<String> {

@@ -1,5 +1,7 @@
 //! The background worker: one model session per model for the whole server, fed with the
-//! pairs of every waiting backend.
+//! pairs of every waiting backend (and the texts to embed: a bi-encoder's requests run
+//! through the same queue, batches and limits, their vectors written straight into each
+//! request's segment).
 //!
 //! This file only moves bytes between shared memory and the engine: it takes queued
 //! requests from their slots, tokenizes them, hands them to `pg_rerank_engine::Scheduler`
@@ -17,8 +19,8 @@ use parking_lot::Mutex;
 use pg_rerank_engine::cache::{Failures, Lru};
 use pg_rerank_engine::scheduler::{Group, RequestId};
 use pg_rerank_engine::{
-    finish, registry, runtime, Batch, BatchLimits, Device, Encoded, EngineError, ErrorKind, Finished, Model, Policy,
-    Priority, Scheduler, ScoreStats, SessionOptions,
+    finish, is_bi_encoder, registry, runtime, Batch, BatchLimits, Device, Embedder, Encoded, EncodedText, EngineError,
+    ErrorKind, Finished, Model, Policy, Priority, Scheduler, ScoreStats, SessionOptions,
 };
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys;
@@ -68,17 +70,88 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// (model directory, model name).
 type Key = (String, String);
 
+/// A loaded model: a cross-encoder scores pairs, a bi-encoder embeds texts.
+#[derive(Clone)]
+enum Loaded {
+    Reranker(Arc<Model>),
+    Embedder(Arc<Embedder>),
+}
+
+impl Loaded {
+    fn device(&self) -> Device {
+        match self {
+            Loaded::Reranker(m) => m.device(),
+            Loaded::Embedder(e) => e.device(),
+        }
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        match self {
+            Loaded::Reranker(m) => m.memory_bytes(),
+            Loaded::Embedder(e) => e.memory_bytes(),
+        }
+    }
+
+    /// The error for a request of `kind` that this model cannot serve, if any.
+    fn refuses(&self, name: &str, kind: wire::Kind) -> Option<EngineError> {
+        match (self, kind) {
+            (Loaded::Embedder(_), wire::Kind::Score { .. }) => Some(registry::wrong_kind(name, true)),
+            (Loaded::Reranker(_), wire::Kind::Embed { .. }) => Some(registry::wrong_kind(name, false)),
+            _ => None,
+        }
+    }
+}
+
+/// A request's rows tokenized so far: pairs to score, or texts to embed.
+enum Rows {
+    Pairs(Vec<Encoded>),
+    Texts(Vec<EncodedText>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Pairs(v) => v.len(),
+            Rows::Texts(v) => v.len(),
+        }
+    }
+
+    /// Token count and truncation of each row.
+    fn lengths(&self) -> Vec<(usize, bool)> {
+        match self {
+            Rows::Pairs(v) => v.iter().map(|e| (e.ids.len(), e.truncated)).collect(),
+            Rows::Texts(v) => v.iter().map(|e| (e.ids.len(), e.truncated)).collect(),
+        }
+    }
+}
+
+/// What an inference thread runs: copies of its rows, and the model.
+enum Job {
+    Score(Arc<Model>, Vec<Encoded>),
+    Embed(Arc<Embedder>, Vec<EncodedText>),
+}
+
+/// What a batch gives back: a score per pair, or a vector per text.
+enum Output {
+    Scores(Vec<f32>),
+    Vectors(Vec<Vec<f32>>),
+}
+
+type BatchResult = (u64, Result<Output, EngineError>);
+
 /// A request the worker has taken from its slot.
 struct Live {
     slot: usize,
     seg: *mut pg_sys::dsm_segment,
     buf: &'static mut [u8],
-    raw: bool,
+    kind: wire::Kind,
+    /// Width of the vectors of an embedding request (the model's, when it was taken).
+    dim: usize,
     priority: Priority,
     group: Group,
-    /// Pairs of the request, and those tokenized so far.
+    /// Pairs (or texts) of the request, and those tokenized so far.
     pairs: usize,
-    encoded: Vec<Encoded>,
+    encoded: Rows,
     stats: ScoreStats,
     model_stats: Option<&'static ModelStats>,
     submitted_us: i64,
@@ -96,9 +169,9 @@ struct Worker {
     /// Batches running on inference threads, and where their scores come back.
     running: HashMap<u64, Batch>,
     next_batch_id: u64,
-    results_tx: mpsc::Sender<(u64, Result<Vec<f32>, EngineError>)>,
-    results_rx: mpsc::Receiver<(u64, Result<Vec<f32>, EngineError>)>,
-    models: Lru<Key, Arc<Model>>,
+    results_tx: mpsc::Sender<BatchResult>,
+    results_rx: mpsc::Receiver<BatchResult>,
+    models: Lru<Key, Loaded>,
     failures: Failures<Key, EngineError>,
     /// Batch-sharing group of each model that has loaded, and back.
     groups: HashMap<Key, Group>,
@@ -251,10 +324,12 @@ impl Worker {
         Ok(SessionOptions { intra_threads, sessions, device, ..Default::default() })
     }
 
-    /// Loads the default model so the first call does not wait for it.
+    /// Loads the default models (pg_rerank.model, pg_rerank.embedding_model) so the first
+    /// call does not wait for them.
     fn preload(&mut self) {
-        if let (Some(dir), Some(name)) = (guc::model_dir(), guc::model()) {
-            if let Err(e) = self.model(&(dir, name.clone())) {
+        let Some(dir) = guc::model_dir() else { return };
+        for name in [guc::model(), guc::embedding_model()].into_iter().flatten() {
+            if let Err(e) = self.model(&(dir.clone(), name.clone())) {
                 warning!("pg_rerank worker could not load model \"{name}\": {e}");
             }
         }
@@ -276,19 +351,29 @@ impl Worker {
         log!("pg_rerank worker reloaded its settings and models: device {}", guc::device());
     }
 
-    fn load(&self, root: &str, name: &str) -> Result<Arc<Model>, EngineError> {
+    /// Loads the model at `name`: a bi-encoder when its directory is a sentence-transformers
+    /// one, else a cross-encoder.
+    fn load(&self, root: &str, name: &str) -> Result<Loaded, EngineError> {
         let at = registry::resolve(Path::new(root), name)?;
         let env = runtime::init(Path::new(&guc::onnxruntime().unwrap_or_default()))?;
         let opts = SessionOptions { onnx_file: at.onnx_file, ..Self::options()? };
         let dir = at.dir;
-        match Model::load(env, name, &dir, &opts) {
+        let bi_encoder = is_bi_encoder(&dir);
+        let load = |opts: &SessionOptions| -> Result<Loaded, EngineError> {
+            Ok(if bi_encoder {
+                Loaded::Embedder(Arc::new(Embedder::load(env, name, &dir, opts)?))
+            } else {
+                Loaded::Reranker(Arc::new(Model::load(env, name, &dir, opts)?))
+            })
+        };
+        match load(&opts) {
             Err(e) if e.kind == ErrorKind::Device && guc::device_fallback() => {
                 let msg = format!("model \"{name}\" runs on the CPU: {e}");
                 warning!("pg_rerank worker: {msg}");
                 self.shared.set_status(&msg);
-                Ok(Arc::new(Model::load(env, name, &dir, &SessionOptions { device: Device::Cpu, ..opts })?))
+                load(&SessionOptions { device: Device::Cpu, ..opts })
             }
-            other => other.map(Arc::new),
+            other => other,
         }
     }
 
@@ -301,10 +386,10 @@ impl Worker {
     /// The loaded model of `key`, loading it (and evicting others past the memory budget)
     /// if needed. The name is checked before anything touches the disk; names that do not
     /// exist are not remembered, other failures for RETRY_LOAD.
-    fn model(&mut self, key: &Key) -> Result<Arc<Model>, EngineError> {
+    fn model(&mut self, key: &Key) -> Result<Loaded, EngineError> {
         registry::validate_name(&key.1)?;
         if let Some(m) = self.models.get(key) {
-            return Ok(Arc::clone(m));
+            return Ok(m.clone());
         }
         if let Some(e) = self.failures.get(key, Instant::now()) {
             return Err(e);
@@ -320,7 +405,7 @@ impl Worker {
                 let busy: std::collections::HashSet<Group> = self.live.values().map(|l| l.group).collect();
                 let groups = &self.groups;
                 let pinned = |k: &Key| groups.get(k).is_some_and(|g| busy.contains(g));
-                for old in self.models.insert(key.clone(), Arc::clone(m), m.memory_bytes(), &pinned) {
+                for old in self.models.insert(key.clone(), m.clone(), m.memory_bytes(), &pinned) {
                     log!("pg_rerank worker unloaded model \"{}\" (pg_rerank.worker_memory)", old.1);
                     if let Some(st) = self.shared.find_stats(&old.1) {
                         st.evictions.fetch_add(1, Ordering::Relaxed);
@@ -376,8 +461,8 @@ impl Worker {
             // The request id guards against a segment handle reused since it was queued.
             let parsed = wire::read_request(buf)
                 .filter(|r| r.request == request)
-                .map(|r| ((r.dir.to_string(), r.model.to_string()), r.raw, r.pairs.len()));
-            let Some((key, raw, pairs)) = parsed else {
+                .map(|r| ((r.dir.to_string(), r.model.to_string()), r.kind, r.pairs.len()));
+            let Some((key, kind, pairs)) = parsed else {
                 detach(seg);
                 IN_FLIGHT.lock().retain(|&x| x != i);
                 self.lost(i);
@@ -387,19 +472,36 @@ impl Worker {
                 slot: i,
                 seg,
                 buf,
-                raw,
+                kind,
+                dim: 0,
                 priority,
                 group: 0,
                 pairs,
-                encoded: Vec::with_capacity(pairs),
+                encoded: match kind {
+                    wire::Kind::Score { .. } => Rows::Pairs(Vec::with_capacity(pairs)),
+                    wire::Kind::Embed { .. } => Rows::Texts(Vec::with_capacity(pairs)),
+                },
                 stats: ScoreStats::default(),
                 model_stats: None,
                 submitted_us: s.submitted_us.load(Ordering::Relaxed),
                 taken_us: shmem::now_us(),
             };
             match self.model(&key) {
-                Ok(_) => {
+                Ok(m) => {
                     live.model_stats = self.shared.model_stats(&key.1);
+                    if let Some(e) = m.refuses(&key.1, kind) {
+                        self.answer(live, Err(e), 0);
+                        continue;
+                    }
+                    if let (Loaded::Embedder(e), wire::Kind::Embed { width, .. }) = (&m, kind) {
+                        if e.dim() > width {
+                            // Not counted: the backend asks again at once, with room.
+                            let written = wire::put_resize(live.buf, e.dim());
+                            self.hand_back(live, written);
+                            continue;
+                        }
+                        live.dim = e.dim();
+                    }
                     live.group = self.groups[&key];
                     self.live.insert(request, live);
                     self.tokenizing.push(request);
@@ -450,13 +552,43 @@ impl Worker {
                 }
             };
             let live = self.live.get_mut(&id).expect("tokenizing requests are live");
+            // The model may have been reloaded as another kind or width since admit.
+            if let Some(e) = model.refuses(&key.1, live.kind) {
+                self.withdraw_tokenizing(id, Err(e));
+                continue;
+            }
+            if let (Loaded::Embedder(e), wire::Kind::Embed { width, .. }) = (&model, live.kind) {
+                if e.dim() > width {
+                    let e = EngineError::new(
+                        ErrorKind::Inference,
+                        format!("model \"{}\" was reloaded with wider vectors", key.1),
+                    )
+                    .with_detail("Retry the call.");
+                    self.withdraw_tokenizing(id, Err(e));
+                    continue;
+                }
+                live.dim = e.dim();
+            }
             let from = live.encoded.len();
             let to = live.pairs.min(from.saturating_add(*budget));
             *budget -= to - from;
             let started = shmem::now_us();
-            let encoded: Result<Vec<Encoded>, EngineError> = match wire::read_pairs(live.buf, from, to) {
-                Some(pairs) => model.encode_many(&pairs, guc::worker_threads()).into_iter().collect(),
-                None => Err(EngineError::new(ErrorKind::Inference, "the pg_rerank worker could not read the request")),
+            let read = wire::read_pairs(live.buf, from, to);
+            let encoded: Result<(), EngineError> = match (read, &model, &mut live.encoded, live.kind) {
+                (None, ..) => {
+                    Err(EngineError::new(ErrorKind::Inference, "the pg_rerank worker could not read the request"))
+                }
+                (Some(pairs), Loaded::Reranker(m), Rows::Pairs(rows), _) => m
+                    .encode_many(&pairs, guc::worker_threads())
+                    .into_iter()
+                    .collect::<Result<Vec<Encoded>, EngineError>>()
+                    .map(|more| rows.extend(more)),
+                (Some(pairs), Loaded::Embedder(e), Rows::Texts(rows), wire::Kind::Embed { kind, .. }) => pairs
+                    .iter()
+                    .map(|(_, text)| e.encode(text, kind))
+                    .collect::<Result<Vec<EncodedText>, EngineError>>()
+                    .map(|more| rows.extend(more)),
+                _ => Err(EngineError::new(ErrorKind::Inference, "the pg_rerank worker mixed up a request's kind")),
             };
             if let Some(st) = live.model_stats {
                 st.tokenize_us.fetch_add((shmem::now_us() - started).max(0) as u64, Ordering::Relaxed);
@@ -464,19 +596,18 @@ impl Worker {
             match encoded {
                 // One bad pair fails its own request, never a neighbour's.
                 Err(e) => self.withdraw_tokenizing(id, Err(e)),
-                Ok(more) => {
-                    live.encoded.extend(more);
+                Ok(()) => {
                     if live.encoded.len() < live.pairs {
                         continue;
                     }
-                    let encoded = &live.encoded;
+                    let rows = live.encoded.lengths();
                     live.stats = ScoreStats {
-                        pairs: encoded.len(),
-                        tokens: encoded.iter().map(|e| e.ids.len()).sum(),
-                        truncated: encoded.iter().filter(|e| e.truncated).count(),
+                        pairs: rows.len(),
+                        tokens: rows.iter().map(|r| r.0).sum(),
+                        truncated: rows.iter().filter(|r| r.1).count(),
                         batches: 0,
                     };
-                    let lengths = encoded.iter().map(|e| e.ids.len()).collect();
+                    let lengths = rows.iter().map(|r| r.0).collect();
                     let priority = live.priority;
                     self.tokenizing.retain(|&x| x != id);
                     if let Some(f) = self.sched.submit(id, group, priority, lengths) {
@@ -567,22 +698,29 @@ impl Worker {
             };
             // The thread owns copies of its rows: a request may be answered (and its
             // tokens dropped) while a batch holding some of its rows still runs.
-            let rows: Vec<Encoded> = batch.rows.iter().map(|r| self.live[&r.request].encoded[r.pair].clone()).collect();
+            let job = match self.job(&batch, model, &key.1) {
+                Ok(job) => job,
+                Err(e) => {
+                    for f in self.sched.complete(&batch, Err(e)) {
+                        self.finished(f);
+                    }
+                    continue;
+                }
+            };
             self.next_batch_id += 1;
             let (id, tx) = (self.next_batch_id, self.results_tx.clone());
             THREADS.fetch_add(1, Ordering::AcqRel);
             let spawned = std::thread::Builder::new().name("pg_rerank inference".into()).spawn(move || {
                 // Every batch reports back, even one whose thread panicked: its requests
                 // get an error instead of waiting for ever.
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let refs: Vec<&Encoded> = rows.iter().collect();
-                    model.run_rows(&refs)
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &job {
+                    Job::Score(model, rows) => model.run_rows(&rows.iter().collect::<Vec<_>>()).map(Output::Scores),
+                    Job::Embed(model, rows) => model.run_rows(&rows.iter().collect::<Vec<_>>()).map(Output::Vectors),
                 }))
                 .unwrap_or_else(|_| Err(EngineError::new(ErrorKind::Inference, "an inference thread panicked")));
                 // The model (perhaps its last reference, after a reload) goes before the
                 // thread says it is done: the process never exits under ONNX Runtime.
-                drop(model);
-                drop(rows);
+                drop(job);
                 // The receiver lives as long as the worker process.
                 let _ = tx.send((id, result));
                 THREADS.fetch_sub(1, Ordering::AcqRel);
@@ -604,12 +742,76 @@ impl Worker {
         }
     }
 
+    /// What an inference thread runs for `batch` on `model`: copies of its rows. An error
+    /// when the model is not of the kind the rows were tokenized for (it was reloaded as
+    /// the other kind meanwhile).
+    fn job(&self, batch: &Batch, model: Loaded, name: &str) -> Result<Job, EngineError> {
+        match model {
+            Loaded::Reranker(m) => {
+                let rows = batch
+                    .rows
+                    .iter()
+                    .map(|r| match &self.live[&r.request].encoded {
+                        Rows::Pairs(v) => Ok(v[r.pair].clone()),
+                        Rows::Texts(_) => Err(registry::wrong_kind(name, false)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Job::Score(m, rows))
+            }
+            Loaded::Embedder(e) => {
+                let rows = batch
+                    .rows
+                    .iter()
+                    .map(|r| match &self.live[&r.request].encoded {
+                        Rows::Texts(v) => Ok(v[r.pair].clone()),
+                        Rows::Pairs(_) => Err(registry::wrong_kind(name, true)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Job::Embed(e, rows))
+            }
+        }
+    }
+
+    /// Writes the vectors of an embedding batch into their requests' segments (rows of
+    /// requests withdrawn meanwhile are skipped) and returns a placeholder score per row:
+    /// the scheduler only counts rows, the vectors never pass through it. A batch whose
+    /// vectors are not as wide as its requests expect fails.
+    fn place_vectors(&mut self, batch: &Batch, vectors: Vec<Vec<f32>>) -> Result<Vec<f32>, EngineError> {
+        if vectors.len() == batch.rows.len() {
+            for (row, v) in batch.rows.iter().zip(&vectors) {
+                if let Some(l) = self.live.get(&row.request).filter(|l| l.dim != v.len()) {
+                    return Err(EngineError::new(
+                        ErrorKind::Inference,
+                        format!("the model returned vectors of {} dimensions instead of {}", v.len(), l.dim),
+                    ));
+                }
+            }
+            for (row, v) in batch.rows.iter().zip(&vectors) {
+                if let Some(l) = self.live.get_mut(&row.request) {
+                    if !wire::put_vector(l.buf, row.pair, v) {
+                        return Err(EngineError::new(
+                            ErrorKind::Inference,
+                            "the pg_rerank worker could not write a vector",
+                        ));
+                    }
+                }
+            }
+        }
+        // A wrong count is reported by the scheduler.
+        Ok(vec![0.0; vectors.len()])
+    }
+
     /// Takes the scores of finished batches, waiting up to `wait` for the first, and
     /// answers every request they complete.
     fn collect(&mut self, wait: Duration) {
         let mut next = if self.running.is_empty() { None } else { self.results_rx.recv_timeout(wait).ok() };
         while let Some((id, result)) = next {
             if let Some(batch) = self.running.remove(&id) {
+                let result = match result {
+                    Ok(Output::Scores(scores)) => Ok(scores),
+                    Ok(Output::Vectors(vectors)) => self.place_vectors(&batch, vectors),
+                    Err(e) => Err(e),
+                };
                 let scored = result.as_ref().is_ok_and(|v| v.len() == batch.rows.len());
                 self.count_batch(&batch, scored);
                 for f in self.sched.complete(&batch, result) {
@@ -654,7 +856,7 @@ impl Worker {
 
     /// Writes a request's result into its segment and hands the slot back (or frees it,
     /// if the owner withdrew meanwhile).
-    fn answer(&mut self, mut live: Live, result: Result<Vec<f32>, EngineError>, batches: usize) {
+    fn answer(&mut self, live: Live, result: Result<Vec<f32>, EngineError>, batches: usize) {
         let now = shmem::now_us();
         if let Some(st) = live.model_stats {
             match &result {
@@ -679,19 +881,27 @@ impl Worker {
                 }
             }
         }
-        let written = match result {
-            Ok(raw_scores) => {
-                let scores: Vec<f32> = raw_scores.into_iter().map(|s| finish(s, live.raw)).collect();
-                wire::put_done(live.buf, &scores, &ScoreStats { batches, ..live.stats })
+        let stats = ScoreStats { batches, ..live.stats };
+        let written = match (result, live.kind) {
+            (Ok(raw_scores), wire::Kind::Score { raw }) => {
+                let scores: Vec<f32> = raw_scores.into_iter().map(|s| finish(s, raw)).collect();
+                wire::put_done(live.buf, &scores, &stats)
             }
-            Err(e) => wire::put_error(live.buf, &e),
+            // The vectors are in the segment already (`place_vectors`).
+            (Ok(_), wire::Kind::Embed { .. }) => wire::put_embedded(live.buf, live.dim, &stats),
+            (Err(e), _) => wire::put_error(live.buf, &e),
         };
+        self.hand_back(live, written);
+    }
+
+    /// Hands an answered request's slot back to its owner (or frees it, if the owner
+    /// withdrew meanwhile); `written`: the answer is in the segment.
+    fn hand_back(&self, live: Live, written: bool) {
         let s = &self.shared.slots[live.slot];
         if !written {
             s.outcome.store(Outcome::Lost);
         }
         detach(live.seg);
-        live.encoded = Vec::new();
         IN_FLIGHT.lock().retain(|&x| x != live.slot);
         if s.state.cas(SlotState::Running, SlotState::Done) {
             shmem::wake(s.owner_procno.load(Ordering::Acquire));

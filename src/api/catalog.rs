@@ -1,22 +1,26 @@
 //! `rerank_models()`: what pg_rerank.model_dir holds.
 
 use crate::models;
-use pg_rerank_engine::{registry, ModelConfig};
+use pg_rerank_engine::{is_bi_encoder, registry, ModelConfig};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 /// The models under pg_rerank.model_dir, variants (`name:variant`, the graph
-/// `model_<variant>.onnx` beside `model.onnx`) included: name, family, maximum length in
-/// tokens, the ONNX file's path, and whether this backend has loaded it. Family and
-/// max_length are NULL when the model's configuration files cannot be read.
+/// `model_<variant>.onnx` beside `model.onnx`) included: name, kind ('cross-encoder' for
+/// rerank(), 'bi-encoder' for embed(): a sentence-transformers directory), family, maximum
+/// length in tokens, the width of a bi-encoder's vectors (NULL for cross-encoders), the
+/// ONNX file's path, and whether this backend has loaded it. Family, max_length and
+/// dimensions are NULL when the model's files do not say.
 #[pg_extern]
 fn rerank_models() -> Result<
     TableIterator<
         'static,
         (
             name!(name, String),
+            name!(kind, String),
             name!(family, Option<String>),
             name!(max_length, Option<i32>),
+            name!(dimensions, Option<i32>),
             name!(path, String),
             name!(loaded, bool),
         ),
@@ -31,11 +35,29 @@ fn rerank_models() -> Result<
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .and_then(|tok| ModelConfig::discover(&at.dir, &tok).ok());
-            let loaded = models::is_loaded(&at);
+            let bi_encoder = is_bi_encoder(&at.dir);
+            let mut max_length = config.as_ref().map(|c| c.max_length);
+            let mut dimensions = None;
+            let mut loaded = models::is_loaded(&at);
+            if bi_encoder {
+                // What embed() uses: the loaded model's, else what its files state.
+                match models::loaded_embedder(&at) {
+                    Some(e) => {
+                        (max_length, dimensions, loaded) = (Some(e.max_length()), Some(e.dim()), true);
+                    }
+                    None => {
+                        let (dim, max_seq_length) = models::stated_bi_encoder(&at.dir);
+                        max_length = max_seq_length.or(max_length);
+                        dimensions = dim;
+                    }
+                }
+            }
             (
                 name,
+                if bi_encoder { "bi-encoder" } else { "cross-encoder" }.to_string(),
                 config.as_ref().map(|c| c.family.name().to_string()),
-                config.as_ref().map(|c| c.max_length as i32),
+                max_length.map(|n| n as i32),
+                dimensions.map(|n| n as i32),
                 at.dir.join(&at.onnx_file).to_string_lossy().into_owned(),
                 loaded,
             )

@@ -2,6 +2,7 @@
 
 mod bulk;
 mod catalog;
+mod embed;
 mod rerank;
 mod stats;
 mod topk;

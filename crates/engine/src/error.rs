@@ -25,6 +25,8 @@ pub enum ErrorKind {
     Device,
     /// The caller asked to stop (query cancel, statement timeout).
     Cancelled,
+    /// A model of the other kind: a bi-encoder asked to rerank, a cross-encoder to embed.
+    WrongModelKind,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -17,6 +17,18 @@ fn invalid(name: &str, why: &str) -> EngineError {
     EngineError::new(ErrorKind::InvalidName, format!("invalid model name \"{name}\"")).with_detail(why.to_string())
 }
 
+/// The error for a model used as the kind it is not: `bi_encoder` says what it is (a
+/// sentence-transformers bi-encoder asked to rerank, or a cross-encoder asked to embed).
+pub fn wrong_kind(name: &str, bi_encoder: bool) -> EngineError {
+    if bi_encoder {
+        EngineError::new(ErrorKind::WrongModelKind, format!("model \"{name}\" is a bi-encoder, not a cross-encoder"))
+            .with_detail("It embeds one text at a time (its modules.json lists a Pooling module); reranking needs a cross-encoder, which reads the query and the document together.")
+    } else {
+        EngineError::new(ErrorKind::WrongModelKind, format!("model \"{name}\" is a cross-encoder, not a bi-encoder"))
+            .with_detail("It scores (query, document) pairs; embeddings need a sentence-transformers bi-encoder (a modules.json that lists a Pooling module).")
+    }
+}
+
 /// Where a model's files are: its directory and the ONNX graph in it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Location {
