@@ -198,4 +198,91 @@ mod tests {
         Spi::run("SET pg_rerank.priority = bulk").expect("set");
         assert_eq!(rows("SELECT idx, score FROM rerank('chess', ARRAY['GNU Chess', 'zlib'])"), auto);
     }
+
+    fn embedding(sql: &str) -> Option<Vec<f32>> {
+        Spi::get_one::<Vec<f32>>(sql).expect("spi")
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
+        dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
+    }
+
+    #[pg_test]
+    fn embed_gives_unit_vectors_and_null_for_null() {
+        Spi::run("SET pg_rerank.embedding_model = 'all-minilm-l6-v2'").expect("set");
+        let v = embedding("SELECT embed('zlib compression library')").expect("not null");
+        assert_eq!(v.len(), 384);
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "unit length: {norm}");
+        let named = embedding("SELECT embed('zlib compression library', 'all-minilm-l6-v2')").expect("not null");
+        assert_eq!(named, v, "the setting and the argument name the same model");
+        // all-MiniLM-L6-v2 has no prompts: a document is embedded as a query is.
+        let doc = embedding("SELECT embed('zlib compression library', kind => 'document')").expect("not null");
+        assert!(cosine(&doc, &v) > 0.99999);
+        assert_eq!(embedding("SELECT embed(NULL)"), None);
+        let related = embedding("SELECT embed('a lossless data-compression library used by gzip')").expect("v");
+        let unrelated = embedding("SELECT embed('GNU Chess is a chess-playing program')").expect("v");
+        assert!(cosine(&v, &related) > cosine(&v, &unrelated) + 0.2, "related texts are closer");
+    }
+
+    #[pg_test]
+    fn embed_batch_keeps_positions_and_nulls() {
+        Spi::run("SET pg_rerank.embedding_model = 'all-minilm-l6-v2'").expect("set");
+        let got: Vec<(i32, Option<Vec<f32>>)> = Spi::connect(|c| {
+            c.select(
+                "SELECT idx, embedding FROM embed_batch(ARRAY['zlib compression library', NULL, 'GNU Chess', ''])",
+                None,
+                &[],
+            )
+            .expect("select")
+            .map(|r| (r.get::<i32>(1).expect("idx").expect("not null"), r.get::<Vec<f32>>(2).expect("embedding")))
+            .collect()
+        });
+        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert!(got[1].1.is_none(), "a NULL element gives a NULL embedding");
+        let single = embedding("SELECT embed('zlib compression library', kind => 'document')").expect("v");
+        let first = got[0].1.as_ref().expect("embedded");
+        assert!(cosine(first, &single) > 0.99999, "batched as embedded alone");
+        assert_eq!(got[3].1.as_ref().map(Vec::len), Some(384), "an empty text has an embedding too");
+        let none = Spi::get_one::<i64>("SELECT count(*) FROM embed_batch(NULL)").expect("spi");
+        assert_eq!(none, Some(0));
+    }
+
+    #[pg_test(error = "model \"no-such-model\" does not exist")]
+    fn embed_unknown_model_is_an_error() {
+        Spi::run("SELECT embed('x', 'no-such-model')").expect("fails");
+    }
+
+    #[pg_test(error = "model \"minilm-debian\" is a cross-encoder, not a bi-encoder")]
+    fn embed_refuses_a_cross_encoder() {
+        Spi::run("SELECT embed('x', 'minilm-debian')").expect("fails");
+    }
+
+    #[pg_test(error = "model \"all-minilm-l6-v2\" is a bi-encoder, not a cross-encoder")]
+    fn rerank_refuses_a_bi_encoder() {
+        Spi::run("SELECT * FROM rerank('q', ARRAY['a'], model => 'all-minilm-l6-v2')").expect("fails");
+    }
+
+    #[pg_test(error = "invalid embedding kind \"passage\"")]
+    fn embed_kind_is_checked() {
+        Spi::run("SELECT embed('x', 'all-minilm-l6-v2', 'passage')").expect("fails");
+    }
+
+    #[pg_test(error = "no embedding model selected")]
+    fn embed_needs_a_model() {
+        Spi::run("SELECT embed('x')").expect("fails");
+    }
+
+    #[pg_test]
+    fn models_say_their_kind() {
+        let (kind, dims) =
+            Spi::get_two::<String, i32>("SELECT kind, dimensions FROM rerank_models() WHERE name = 'all-minilm-l6-v2'")
+                .expect("spi");
+        assert_eq!((kind.as_deref(), dims), (Some("bi-encoder"), Some(384)));
+        let (kind, dims) =
+            Spi::get_two::<String, i32>("SELECT kind, dimensions FROM rerank_models() WHERE name = 'minilm-debian'")
+                .expect("spi");
+        assert_eq!((kind.as_deref(), dims), (Some("cross-encoder"), None));
+    }
 }
