@@ -8,16 +8,14 @@
 //! `[batch, sequence, dim]`), which are pooled here under the attention mask as the
 //! pooling module says, or the finished `sentence_embedding` `[batch, dim]`.
 
-use crate::batch::{self, BatchLimits};
+use crate::batch::BatchLimits;
 use crate::error::{EngineError, ErrorKind, Result};
-use crate::model::{cut_chars, Device, SessionOptions};
+use crate::model::{cut_chars, Device, SessionOptions, CHARS_PER_TOKEN_BOUND};
+use crate::session::{self, corrupt, inference, Padded, SessionPool, Tokenized, Tokens};
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
-use ort::value::{Tensor, TensorElementType, ValueType};
-use parking_lot::Mutex;
+use ort::session::{Session, SessionOutputs};
+use ort::value::{TensorElementType, ValueType};
 use serde_json::Value;
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -82,6 +80,12 @@ pub struct EncodedText {
     pub skip: usize,
 }
 
+impl Tokenized for EncodedText {
+    fn tokens(&self) -> Tokens<'_> {
+        Tokens { ids: &self.ids, type_ids: &self.type_ids, truncated: self.truncated }
+    }
+}
+
 /// What one [`Embedder::embed`] call did, for statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EmbedStats {
@@ -89,21 +93,6 @@ pub struct EmbedStats {
     pub tokens: usize,
     pub truncated: usize,
     pub batches: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InputKind {
-    InputIds,
-    AttentionMask,
-    TokenTypeIds,
-    PositionIds,
-}
-
-#[derive(Debug, Clone)]
-struct InputSpec {
-    name: String,
-    kind: InputKind,
-    int32: bool,
 }
 
 /// The graph output read, and what it holds.
@@ -115,10 +104,6 @@ struct OutputSpec {
     f16: bool,
 }
 
-/// Text beyond this many characters per token of the maximum length is cut before
-/// tokenizing (as [`crate::Model`] does): its tokens would be truncated away anyway.
-const CHARS_PER_TOKEN_BOUND: usize = 32;
-
 /// Longest window when the model directory states none.
 const DEFAULT_MAX_LENGTH: usize = 512;
 
@@ -126,10 +111,8 @@ pub struct Embedder {
     name: String,
     dir: PathBuf,
     tokenizer: Tokenizer,
-    sessions: Vec<Mutex<Session>>,
-    released: parking_lot::Condvar,
-    released_lock: Mutex<()>,
-    inputs: Vec<InputSpec>,
+    /// One or more sessions of the same graph: batches run on as many at once.
+    pool: SessionPool,
     output: OutputSpec,
     pooling: Pooling,
     include_prompt: bool,
@@ -156,14 +139,6 @@ impl std::fmt::Debug for Embedder {
             .field("dim", &self.dim)
             .finish()
     }
-}
-
-fn corrupt(path: &Path, e: impl std::fmt::Display) -> EngineError {
-    EngineError::new(ErrorKind::Corrupt, format!("could not load \"{}\"", path.display())).with_detail(e.to_string())
-}
-
-fn inference(e: ort::Error) -> EngineError {
-    EngineError::new(ErrorKind::Inference, "ONNX Runtime failed to run the model").with_detail(e.to_string())
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -257,21 +232,7 @@ impl Embedder {
     /// Loads the sentence-transformers model in `dir`. `name` is how users refer to it;
     /// `env` comes from [`crate::runtime::init`].
     pub fn load(env: &Environment, name: &str, dir: &Path, opts: &SessionOptions) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(EngineError::new(ErrorKind::ModelNotFound, format!("model \"{name}\" does not exist"))
-                .with_detail(format!("no directory \"{}\"", dir.display())));
-        }
-        let onnx = dir.join(&opts.onnx_file);
-        let tok_path = dir.join("tokenizer.json");
-        for f in [&onnx, &tok_path] {
-            if !f.is_file() {
-                return Err(EngineError::new(
-                    ErrorKind::MissingFile,
-                    format!("model \"{name}\" has no {}", f.file_name().and_then(|s| s.to_str()).unwrap_or("file")),
-                )
-                .with_detail(format!("\"{}\" does not exist", f.display())));
-            }
-        }
+        let (onnx, tok_path) = session::model_files(name, dir, opts)?;
 
         // modules.json: where the transformer's and the pooling's settings are, and
         // whether the vectors are normalised.
@@ -344,13 +305,8 @@ impl Embedder {
         // unless the graph pools itself.
         let pooling_config = pooling_dir.map(|p| read_pooling(name, &p.join("config.json"))).transpose()?;
 
-        let mut sessions = Vec::new();
-        for _ in 0..opts.sessions.max(1) {
-            sessions.push(Self::session(env, name, &onnx, opts)?);
-        }
-        let session = sessions[0].get_mut();
-        let inputs = Self::discover_inputs(name, session)?;
-        let (output, graph_dim) = Self::discover_output(name, session)?;
+        let mut pool = SessionPool::load(env, name, &onnx, opts)?;
+        let (output, graph_dim) = Self::discover_output(name, pool.first())?;
 
         let (pooling, include_prompt, pool_dim) = match pooling_config {
             Some(p) => p,
@@ -374,16 +330,12 @@ impl Embedder {
         }
 
         let output_pooled = output.pooled;
-        let file_len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let memory_bytes = file_len(&onnx) * sessions.len() as u64 + file_len(&tok_path);
+        let memory_bytes = session::memory_bytes(&onnx, &tok_path, pool.sessions());
         let mut embedder = Embedder {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             tokenizer,
-            sessions,
-            released: parking_lot::Condvar::new(),
-            released_lock: Mutex::new(()),
-            inputs,
+            pool,
             output,
             pooling,
             include_prompt,
@@ -436,70 +388,6 @@ impl Embedder {
             _ => len,
         }
         .max(2)
-    }
-
-    /// One session of the graph in `onnx`, built as [`crate::Model`] builds its own.
-    fn session(env: &Environment, name: &str, onnx: &Path, opts: &SessionOptions) -> Result<Mutex<Session>> {
-        let builder = (|| -> std::result::Result<_, ort::Error> {
-            Ok(Session::builder(env)?
-                .with_optimization_level(GraphOptimizationLevel::Level3)?
-                .with_intra_threads(opts.intra_threads.max(1))?
-                .with_inter_threads(1)?
-                .with_intra_op_spinning(opts.spin)?
-                .with_inter_op_spinning(false)?)
-        })()
-        .map_err(|e| {
-            EngineError::new(ErrorKind::Runtime, "could not configure the ONNX session").with_detail(e.to_string())
-        })?;
-        let mut builder = match opts.device {
-            Device::Cpu => builder,
-            Device::Cuda(n) => {
-                let cuda = ort::ep::CUDA::default().with_device_id(n).build().error_on_failure();
-                builder.with_execution_providers([cuda]).map_err(|e| {
-                    EngineError::new(ErrorKind::Device, format!("could not start CUDA device {n} for model \"{name}\""))
-                        .with_detail(e.to_string())
-                })?
-            }
-        };
-        let session = builder.commit_from_file(onnx).map_err(|e| corrupt(onnx, e))?;
-        Ok(Mutex::new(session))
-    }
-
-    fn discover_inputs(name: &str, session: &Session) -> Result<Vec<InputSpec>> {
-        let mut specs = Vec::new();
-        for input in session.inputs() {
-            let kind = match input.name() {
-                "input_ids" => InputKind::InputIds,
-                "attention_mask" => InputKind::AttentionMask,
-                "token_type_ids" => InputKind::TokenTypeIds,
-                "position_ids" => InputKind::PositionIds,
-                other => {
-                    return Err(EngineError::new(
-                        ErrorKind::Unsupported,
-                        format!("model \"{name}\" has an input \"{other}\" that pg_rerank cannot fill"),
-                    )
-                    .with_detail("supported inputs are input_ids, attention_mask, token_type_ids and position_ids"))
-                }
-            };
-            let int32 = match input.dtype() {
-                ValueType::Tensor { ty: TensorElementType::Int64, .. } => false,
-                ValueType::Tensor { ty: TensorElementType::Int32, .. } => true,
-                other => {
-                    return Err(EngineError::new(
-                        ErrorKind::Unsupported,
-                        format!(
-                            "model \"{name}\" input \"{}\" has type {other}, expected an int64 or int32 tensor",
-                            input.name()
-                        ),
-                    ))
-                }
-            };
-            specs.push(InputSpec { name: input.name().to_string(), kind, int32 });
-        }
-        if !specs.iter().any(|s| s.kind == InputKind::InputIds) {
-            return Err(EngineError::new(ErrorKind::Unsupported, format!("model \"{name}\" has no input_ids input")));
-        }
-        Ok(specs)
     }
 
     /// The output to read: `sentence_embedding` `[batch, dim]` when the graph has it, else
@@ -587,7 +475,7 @@ impl Embedder {
 
     /// Names of the graph inputs that are fed, in graph order.
     pub fn input_names(&self) -> Vec<&str> {
-        self.inputs.iter().map(|s| s.name.as_str()).collect()
+        self.pool.input_names()
     }
 
     /// Characters of a text that can matter: beyond this, `encode` cuts the text before
@@ -659,81 +547,21 @@ impl Embedder {
         limits: BatchLimits,
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(Vec<Vec<f32>>, EmbedStats)> {
-        let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
         let mut vectors = vec![Vec::new(); encoded.len()];
-        let mut stats = EmbedStats {
-            texts: encoded.len(),
-            tokens: lengths.iter().sum(),
-            truncated: encoded.iter().filter(|e| e.truncated).count(),
-            batches: 0,
-        };
-        let plan = batch::plan(&lengths, limits);
-        for wave in plan.chunks(self.sessions.len()) {
-            check()?;
-            let batches: Vec<Vec<&EncodedText>> =
-                wave.iter().map(|rows| rows.iter().map(|&i| &encoded[i]).collect()).collect();
-            for (rows, out) in wave.iter().zip(self.run_many(&batches)) {
-                for (&i, v) in rows.iter().zip(out?) {
-                    vectors[i] = v;
-                }
-                stats.batches += 1;
-            }
-        }
+        let done = self.pool.run_batched(encoded, limits, check, |rows| self.run_rows(rows), |i, v| vectors[i] = v)?;
+        let stats =
+            EmbedStats { texts: done.rows, tokens: done.tokens, truncated: done.truncated, batches: done.batches };
         Ok((vectors, stats))
     }
 
     /// Runs batches, as many at once as the model has sessions, on scoped threads that
     /// only run the model; results are in the order of `batches`.
     pub fn run_many(&self, batches: &[Vec<&EncodedText>]) -> Vec<Result<Vec<Vec<f32>>>> {
-        let threads = self.sessions.len().min(batches.len());
-        if threads <= 1 {
-            return batches.iter().map(|b| self.run_rows(b)).collect();
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> = (0..batches.len()).map(|_| None).collect();
-        let done: Vec<Vec<(usize, Result<Vec<Vec<f32>>>)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut out = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(b) = batches.get(i) else { break };
-                            out.push((i, self.run_rows(b)));
-                        }
-                        out
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-        });
-        for (i, r) in done.into_iter().flatten() {
-            results[i] = Some(r);
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(EngineError::new(ErrorKind::Inference, "an inference thread panicked"))))
-            .collect()
+        self.pool.run_many(batches, |b| self.run_rows(b))
     }
 
-    fn acquire_session(&self) -> parking_lot::MutexGuard<'_, Session> {
-        loop {
-            if let Some(s) = self.sessions.iter().find_map(|s| s.try_lock()) {
-                return s;
-            }
-            let mut idle = self.released_lock.lock();
-            // Bounded: a release between try_lock and this wait is seen within 1 ms.
-            self.released.wait_for(&mut idle, std::time::Duration::from_millis(1));
-        }
-    }
-
-    /// Runs the graph and returns the read output's shape and values as f32.
-    fn run_session(
-        session: &mut Session,
-        feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
-        output: &OutputSpec,
-    ) -> Result<(Vec<i64>, Vec<f32>)> {
-        let outputs = session.run(feed).map_err(inference)?;
+    /// The read output's shape and values as f32.
+    fn read_output(outputs: &SessionOutputs<'_>, output: &OutputSpec) -> Result<(Vec<i64>, Vec<f32>)> {
         let Some(out) = outputs.get(&output.name) else {
             return Err(EngineError::new(ErrorKind::Inference, format!("the model returned no \"{}\"", output.name)));
         };
@@ -748,61 +576,26 @@ impl Embedder {
 
     /// Runs one batch, padded to its longest row, and returns one finished vector per
     /// row (pooled, and normalised when the model says so). Callers that gather texts from
-    /// several requests batch them with [`batch::plan`] and call this.
+    /// several requests batch them with [`crate::batch::plan`] and call this.
     pub fn run_rows(&self, rows: &[&EncodedText]) -> Result<Vec<Vec<f32>>> {
         let n = rows.len();
         if n == 0 {
             return Ok(Vec::new());
         }
-        let width = rows.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
-        let mut ids = vec![self.pad_id; n * width];
-        let mut mask = vec![0i64; n * width];
-        let mut types = vec![0i64; n * width];
-        let mut positions = vec![0i64; n * width];
-        // What the pooling averages over: the mask, less the prompt when it is excluded.
-        let mut pool_mask = vec![0i64; n * width];
-        for (r, e) in rows.iter().enumerate() {
-            let len = e.ids.len();
-            let start = if self.left_padding { width - len } else { 0 };
-            let base = r * width + start;
-            ids[base..base + len].copy_from_slice(&e.ids);
-            types[base..base + len].copy_from_slice(&e.type_ids);
-            for j in 0..len {
-                mask[base + j] = 1;
-                positions[base + j] = j as i64;
-                pool_mask[base + j] = i64::from(j >= e.skip || e.skip >= len);
+        let batch = Padded::new(rows, self.pad_id, self.left_padding);
+        let width = batch.width;
+        // What the pooling averages over: the mask, less the prompt when it is excluded (the
+        // first and last tokens are those of the whole input, prompt or not).
+        let mut pool_mask = batch.mask.clone();
+        if !matches!(self.pooling, Pooling::Cls | Pooling::LastToken) {
+            for (k, m) in pool_mask.iter_mut().enumerate() {
+                let e = rows[k / width];
+                if e.skip < e.ids.len() && (batch.positions[k] as usize) < e.skip {
+                    *m = 0;
+                }
             }
         }
-        if matches!(self.pooling, Pooling::Cls | Pooling::LastToken) {
-            // The first and last tokens are those of the whole input, prompt or not.
-            pool_mask.copy_from_slice(&mask);
-        }
-        let shape = [n as i64, width as i64];
-        let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(self.inputs.len());
-        for spec in &self.inputs {
-            // Each input kind is fed once: hand its buffer over instead of copying it.
-            let data = std::mem::take(match spec.kind {
-                InputKind::InputIds => &mut ids,
-                InputKind::AttentionMask => &mut mask,
-                InputKind::TokenTypeIds => &mut types,
-                InputKind::PositionIds => &mut positions,
-            });
-            let value: SessionInputValue<'_> = if spec.int32 {
-                let v: Vec<i32> = data.iter().map(|&x| x as i32).collect();
-                Tensor::from_array((shape, v)).map_err(inference)?.into()
-            } else {
-                Tensor::from_array((shape, data)).map_err(inference)?.into()
-            };
-            feed.push((Cow::Borrowed(spec.name.as_str()), value));
-        }
-
-        let (out_shape, data) = {
-            let mut session = self.acquire_session();
-            let out = Self::run_session(&mut session, feed, &self.output);
-            drop(session);
-            self.released.notify_one();
-            out?
-        };
+        let (out_shape, data) = self.pool.run(batch, |outputs| Self::read_output(outputs, &self.output))?;
         let bad =
             |what: String| EngineError::new(ErrorKind::Inference, format!("model \"{}\" returned {what}", self.name));
         let mut vectors = if self.output.pooled {

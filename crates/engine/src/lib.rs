@@ -13,6 +13,7 @@ pub mod rank;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;
+mod session;
 
 pub use batch::BatchLimits;
 pub use config::{Family, Head, ModelConfig};

@@ -1,14 +1,12 @@
 //! A loaded reranker: tokenizer, ONNX session, and the head that turns outputs into scores.
 
-use crate::batch::{self, BatchLimits};
+use crate::batch::BatchLimits;
 use crate::config::{Head, ModelConfig, PaddingSide};
 use crate::error::{EngineError, ErrorKind, Result};
+use crate::session::{self, corrupt, inference, Padded, SessionPool, Tokenized, Tokens};
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
-use ort::value::{Tensor, TensorElementType, ValueType};
-use parking_lot::Mutex;
-use std::borrow::Cow;
+use ort::session::{Session, SessionOutputs};
+use ort::value::{TensorElementType, ValueType};
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -95,25 +93,16 @@ pub struct Encoded {
     pub truncated: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InputKind {
-    InputIds,
-    AttentionMask,
-    TokenTypeIds,
-    PositionIds,
-}
-
-#[derive(Debug, Clone)]
-struct InputSpec {
-    name: String,
-    kind: InputKind,
-    int32: bool,
+impl Tokenized for Encoded {
+    fn tokens(&self) -> Tokens<'_> {
+        Tokens { ids: &self.ids, type_ids: &self.type_ids, truncated: self.truncated }
+    }
 }
 
 /// Text beyond this many characters per token of the maximum length is cut before
 /// tokenizing: the tokens it would give are truncated away in any case, and a 1 MB
 /// document would otherwise cost a full tokenization.
-const CHARS_PER_TOKEN_BOUND: usize = 32;
+pub(crate) const CHARS_PER_TOKEN_BOUND: usize = 32;
 
 pub struct Model {
     name: String,
@@ -123,11 +112,7 @@ pub struct Model {
     /// Same tokenizer truncating longest-first: for prompts and over-long queries.
     tokenizer_longest_first: Tokenizer,
     /// One or more sessions of the same graph: batches run on as many at once.
-    sessions: Vec<Mutex<Session>>,
-    /// Signalled when a session is given back, for callers waiting for any free one.
-    released: parking_lot::Condvar,
-    released_lock: Mutex<()>,
-    inputs: Vec<InputSpec>,
+    pool: SessionPool,
     output_f16: bool,
     device: Device,
     memory_bytes: u64,
@@ -139,30 +124,11 @@ impl std::fmt::Debug for Model {
     }
 }
 
-fn corrupt(path: &Path, e: impl std::fmt::Display) -> EngineError {
-    EngineError::new(ErrorKind::Corrupt, format!("could not load \"{}\"", path.display())).with_detail(e.to_string())
-}
-
 impl Model {
     /// Loads the model in `dir`. `name` is how users refer to it; `env` comes from
     /// [`crate::runtime::init`].
     pub fn load(env: &Environment, name: &str, dir: &Path, opts: &SessionOptions) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(EngineError::new(ErrorKind::ModelNotFound, format!("model \"{name}\" does not exist"))
-                .with_detail(format!("no directory \"{}\"", dir.display())));
-        }
-        let onnx = dir.join(&opts.onnx_file);
-        let tok_path = dir.join("tokenizer.json");
-        for f in [&onnx, &tok_path] {
-            if !f.is_file() {
-                return Err(EngineError::new(
-                    ErrorKind::MissingFile,
-                    format!("model \"{name}\" has no {}", f.file_name().and_then(|s| s.to_str()).unwrap_or("file")),
-                )
-                .with_detail(format!("\"{}\" does not exist", f.display())));
-            }
-        }
-
+        let (onnx, tok_path) = session::model_files(name, dir, opts)?;
         let tok_bytes = std::fs::read(&tok_path).map_err(|e| corrupt(&tok_path, e))?;
         let tok_json: serde_json::Value = serde_json::from_slice(&tok_bytes).map_err(|e| corrupt(&tok_path, e))?;
         let config = ModelConfig::discover(dir, &tok_json)?;
@@ -182,97 +148,20 @@ impl Model {
             .with_truncation(Some(truncation(TruncationStrategy::OnlySecond)))
             .map_err(|e| corrupt(&tok_path, e))?;
 
-        let mut sessions = Vec::new();
-        for _ in 0..opts.sessions.max(1) {
-            sessions.push(Self::session(env, name, &onnx, opts)?);
-        }
-        let session = sessions[0].get_mut();
-        let inputs = Self::discover_inputs(name, session)?;
-        let output_f16 = Self::check_output(name, session, &config)?;
-        // Each session holds its own copy of the weights (ONNX Runtime's arena and
-        // activations come on top); the tokenizer is small beside them.
-        let file_len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let memory_bytes = file_len(&onnx) * sessions.len() as u64 + file_len(&tok_path);
+        let mut pool = SessionPool::load(env, name, &onnx, opts)?;
+        let output_f16 = Self::check_output(name, pool.first(), &config)?;
+        let memory_bytes = session::memory_bytes(&onnx, &tok_path, pool.sessions());
         Ok(Model {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             config,
             tokenizer,
             tokenizer_longest_first,
-            sessions,
-            released: parking_lot::Condvar::new(),
-            released_lock: Mutex::new(()),
-            inputs,
+            pool,
             output_f16,
             device: opts.device,
             memory_bytes,
         })
-    }
-
-    /// One session of the graph in `onnx`.
-    fn session(env: &Environment, name: &str, onnx: &Path, opts: &SessionOptions) -> Result<Mutex<Session>> {
-        let builder = (|| -> std::result::Result<_, ort::Error> {
-            Ok(Session::builder(env)?
-                .with_optimization_level(GraphOptimizationLevel::Level3)?
-                .with_intra_threads(opts.intra_threads.max(1))?
-                .with_inter_threads(1)?
-                .with_intra_op_spinning(opts.spin)?
-                .with_inter_op_spinning(false)?)
-        })()
-        .map_err(|e| {
-            EngineError::new(ErrorKind::Runtime, "could not configure the ONNX session").with_detail(e.to_string())
-        })?;
-        let mut builder = match opts.device {
-            Device::Cpu => builder,
-            Device::Cuda(n) => {
-                let cuda = ort::ep::CUDA::default().with_device_id(n).build().error_on_failure();
-                builder.with_execution_providers([cuda]).map_err(|e| {
-                    EngineError::new(ErrorKind::Device, format!("could not start CUDA device {n} for model \"{name}\""))
-                        .with_detail(e.to_string())
-                })?
-            }
-        };
-        let session = builder.commit_from_file(onnx).map_err(|e| corrupt(onnx, e))?;
-        Ok(Mutex::new(session))
-    }
-
-    /// Maps the graph's declared inputs to what we know how to feed, as
-    /// text-embeddings-inference does; an input we cannot fill is an error now, not later.
-    fn discover_inputs(name: &str, session: &Session) -> Result<Vec<InputSpec>> {
-        let mut specs = Vec::new();
-        for input in session.inputs() {
-            let kind = match input.name() {
-                "input_ids" => InputKind::InputIds,
-                "attention_mask" => InputKind::AttentionMask,
-                "token_type_ids" => InputKind::TokenTypeIds,
-                "position_ids" => InputKind::PositionIds,
-                other => {
-                    return Err(EngineError::new(
-                        ErrorKind::Unsupported,
-                        format!("model \"{name}\" has an input \"{other}\" that pg_rerank cannot fill"),
-                    )
-                    .with_detail("supported inputs are input_ids, attention_mask, token_type_ids and position_ids"))
-                }
-            };
-            let int32 = match input.dtype() {
-                ValueType::Tensor { ty: TensorElementType::Int64, .. } => false,
-                ValueType::Tensor { ty: TensorElementType::Int32, .. } => true,
-                other => {
-                    return Err(EngineError::new(
-                        ErrorKind::Unsupported,
-                        format!(
-                            "model \"{name}\" input \"{}\" has type {other}, expected an int64 or int32 tensor",
-                            input.name()
-                        ),
-                    ))
-                }
-            };
-            specs.push(InputSpec { name: input.name().to_string(), kind, int32 });
-        }
-        if !specs.iter().any(|s| s.kind == InputKind::InputIds) {
-            return Err(EngineError::new(ErrorKind::Unsupported, format!("model \"{name}\" has no input_ids input")));
-        }
-        Ok(specs)
     }
 
     /// The first output must be float logits `[batch, num_labels]`.
@@ -339,7 +228,7 @@ impl Model {
 
     /// Names of the graph inputs that are fed, in graph order.
     pub fn input_names(&self) -> Vec<&str> {
-        self.inputs.iter().map(|s| s.name.as_str()).collect()
+        self.pool.input_names()
     }
 
     /// Tokenizes one pair: query first, document second, truncating the document first and
@@ -437,81 +326,23 @@ impl Model {
         opts: ScoreOptions,
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(Vec<f32>, ScoreStats)> {
-        let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
         let mut scores = vec![0f32; encoded.len()];
-        let mut stats = ScoreStats {
-            pairs: encoded.len(),
-            tokens: lengths.iter().sum(),
-            truncated: encoded.iter().filter(|e| e.truncated).count(),
-            batches: 0,
-        };
-        let plan = batch::plan(&lengths, opts.limits);
         // As many batches at once as there are sessions; a cancel is seen between waves.
-        for wave in plan.chunks(self.sessions.len()) {
-            check()?;
-            let batches: Vec<Vec<&Encoded>> =
-                wave.iter().map(|rows| rows.iter().map(|&i| &encoded[i]).collect()).collect();
-            for (rows, raw) in wave.iter().zip(self.run_many(&batches)) {
-                for (&i, r) in rows.iter().zip(raw?) {
-                    scores[i] = finish(r, opts.raw);
-                }
-                stats.batches += 1;
-            }
-        }
+        let put = |i, raw| scores[i] = finish(raw, opts.raw);
+        let done = self.pool.run_batched(encoded, opts.limits, check, |rows| self.run_rows(rows), put)?;
+        let stats =
+            ScoreStats { pairs: done.rows, tokens: done.tokens, truncated: done.truncated, batches: done.batches };
         Ok((scores, stats))
     }
 
     /// Runs batches, as many at once as the model has sessions, on scoped threads that only run the
     /// model; results are in the order of `batches`.
     pub fn run_many(&self, batches: &[Vec<&Encoded>]) -> Vec<Result<Vec<f32>>> {
-        let threads = self.sessions.len().min(batches.len());
-        if threads <= 1 {
-            return batches.iter().map(|b| self.run_rows(b)).collect();
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut results: Vec<Option<Result<Vec<f32>>>> = (0..batches.len()).map(|_| None).collect();
-        let done: Vec<Vec<(usize, Result<Vec<f32>>)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut out = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(b) = batches.get(i) else { break };
-                            out.push((i, self.run_rows(b)));
-                        }
-                        out
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-        });
-        for (i, r) in done.into_iter().flatten() {
-            results[i] = Some(r);
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(EngineError::new(ErrorKind::Inference, "an inference thread panicked"))))
-            .collect()
+        self.pool.run_many(batches, |b| self.run_rows(b))
     }
 
-    fn acquire_session(&self) -> parking_lot::MutexGuard<'_, Session> {
-        loop {
-            if let Some(s) = self.sessions.iter().find_map(|s| s.try_lock()) {
-                return s;
-            }
-            let mut idle = self.released_lock.lock();
-            // Bounded: a release between try_lock and this wait is seen within 1 ms.
-            self.released.wait_for(&mut idle, std::time::Duration::from_millis(1));
-        }
-    }
-
-    fn run_session(
-        session: &mut Session,
-        feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
-        f16: bool,
-    ) -> Result<Vec<f32>> {
-        let outputs = session.run(feed).map_err(inference)?;
+    /// The first output's values as f32.
+    fn read_logits(outputs: &SessionOutputs<'_>, f16: bool) -> Result<Vec<f32>> {
         let out = &outputs[0];
         Ok(if f16 {
             let (_, data) = out.try_extract_tensor::<half::f16>().map_err(inference)?;
@@ -524,59 +355,14 @@ impl Model {
 
     /// Runs one batch, padded to its longest row, and returns each row's raw score (the
     /// logit, or for two-label heads the positive-minus-negative logit). Callers that
-    /// gather pairs from several requests batch them with [`batch::plan`] and call this.
+    /// gather pairs from several requests batch them with [`crate::batch::plan`] and call this.
     pub fn run_rows(&self, rows: &[&Encoded]) -> Result<Vec<f32>> {
         let n = rows.len();
         if n == 0 {
             return Ok(Vec::new());
         }
-        let width = rows.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
-        let mut ids = vec![self.config.pad_id; n * width];
-        let mut mask = vec![0i64; n * width];
-        let mut types = vec![0i64; n * width];
-        let mut positions = vec![0i64; n * width];
-        for (r, e) in rows.iter().enumerate() {
-            let len = e.ids.len();
-            let start = match self.config.padding_side {
-                PaddingSide::Right => 0,
-                PaddingSide::Left => width - len,
-            };
-            let base = r * width + start;
-            ids[base..base + len].copy_from_slice(&e.ids);
-            types[base..base + len].copy_from_slice(&e.type_ids);
-            for j in 0..len {
-                mask[base + j] = 1;
-                positions[base + j] = j as i64;
-            }
-        }
-        let shape = [n as i64, width as i64];
-        let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(self.inputs.len());
-        for spec in &self.inputs {
-            // Each input kind is fed once: hand its buffer over instead of copying it.
-            let data = std::mem::take(match spec.kind {
-                InputKind::InputIds => &mut ids,
-                InputKind::AttentionMask => &mut mask,
-                InputKind::TokenTypeIds => &mut types,
-                InputKind::PositionIds => &mut positions,
-            });
-            let value: SessionInputValue<'_> = if spec.int32 {
-                let v: Vec<i32> = data.iter().map(|&x| x as i32).collect();
-                Tensor::from_array((shape, v)).map_err(inference)?.into()
-            } else {
-                Tensor::from_array((shape, data)).map_err(inference)?.into()
-            };
-            feed.push((Cow::Borrowed(spec.name.as_str()), value));
-        }
-
-        // Whichever session is free first: batches run side by side on as many threads as
-        // there are sessions, and a batch waiting for one never leaves another idle.
-        let logits = {
-            let mut session = self.acquire_session();
-            let logits = Self::run_session(&mut session, feed, self.output_f16);
-            drop(session);
-            self.released.notify_one();
-            logits?
-        };
+        let batch = Padded::new(rows, self.config.pad_id, self.config.padding_side == PaddingSide::Left);
+        let logits = self.pool.run(batch, |outputs| Self::read_logits(outputs, self.output_f16))?;
         let Head::Classifier { num_labels, positive } = self.config.head;
         if logits.len() != n * num_labels {
             return Err(EngineError::new(
@@ -591,10 +377,6 @@ impl Model {
             })
             .collect())
     }
-}
-
-fn inference(e: ort::Error) -> EngineError {
-    EngineError::new(ErrorKind::Inference, "ONNX Runtime failed to run the model").with_detail(e.to_string())
 }
 
 pub fn sigmoid(x: f32) -> f32 {
