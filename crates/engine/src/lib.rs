@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod chunk;
 pub mod config;
 pub mod embed;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod scheduler;
 mod session;
 
 pub use batch::BatchLimits;
+pub use chunk::{ChunkOptions, Splitter};
 pub use config::{Family, Head, ModelConfig};
 pub use embed::{is_bi_encoder, EmbedStats, Embedder, EncodedText, Pooling, TextKind};
 pub use error::{EngineError, ErrorKind, Result};

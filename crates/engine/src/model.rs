@@ -1,6 +1,7 @@
 //! A loaded reranker: tokenizer, ONNX session, and the head that turns outputs into scores.
 
 use crate::batch::BatchLimits;
+use crate::chunk::Splitter;
 use crate::config::{Head, ModelConfig, PaddingSide};
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::session::{self, corrupt, inference, Padded, SessionPool, Tokenized, Tokens};
@@ -111,6 +112,8 @@ pub struct Model {
     tokenizer: Tokenizer,
     /// Same tokenizer truncating longest-first: for prompts and over-long queries.
     tokenizer_longest_first: Tokenizer,
+    /// Splits long documents into windows that fit beside a query.
+    splitter: Splitter,
     /// One or more sessions of the same graph: batches run on as many at once.
     pool: SessionPool,
     output_f16: bool,
@@ -134,6 +137,7 @@ impl Model {
         let config = ModelConfig::discover(dir, &tok_json)?;
         let mut tokenizer = Tokenizer::from_bytes(&tok_bytes).map_err(|e| corrupt(&tok_path, e))?;
         tokenizer.with_padding(None);
+        let splitter = Splitter::new(&tokenizer, &config)?;
         let truncation = |strategy| TruncationParams {
             direction: TruncationDirection::Right,
             max_length: config.max_length,
@@ -157,6 +161,7 @@ impl Model {
             config,
             tokenizer,
             tokenizer_longest_first,
+            splitter,
             pool,
             output_f16,
             device: opts.device,
@@ -209,6 +214,11 @@ impl Model {
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Splits long documents into windows for this model.
+    pub fn splitter(&self) -> &Splitter {
+        &self.splitter
     }
 
     pub fn device(&self) -> Device {
