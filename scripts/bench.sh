@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): starts a private cluster with pg_rerank preloaded, loads the
-# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, sql_overhead, end_to_end, bulk,
-# latency, soak). Results
+# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, sql_overhead, end_to_end, recipes,
+# bulk, latency, soak). Results
 # go to benches/results/, plots to docs/img/. Run nothing else meanwhile: the figures are
 # ratios measured in one run, but a busy machine still skews them.
 source "$(dirname "$0")/lib.sh"
@@ -18,6 +18,9 @@ PORT="${PG_RERANK_BENCH_PORT:-54332}"
 start_cluster "$CLUSTER" "$PORT"
 trap 'stop_cluster "$CLUSTER"' EXIT
 export PGHOST=127.0.0.1 PGPORT="$PORT" PGUSER=postgres
+# The Python reference reads a document up to the model's window: the benchmarks' sessions
+# do the same work (pg_rerank.long_documents = truncate), except the long-document one.
+[ "${1:-}" = long_documents ] || export PGOPTIONS="-c pg_rerank.long_documents=truncate"
 psql -q -d postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'bench'" | grep -q 1 || psql -q -d postgres -c "CREATE DATABASE bench"
 # The extension as just built and installed, not one left from an older build.
 psql -q -d bench -c "DROP EXTENSION IF EXISTS pg_rerank CASCADE" -c "CREATE EXTENSION pg_rerank"
@@ -51,6 +54,12 @@ case "${1:-concurrency}" in
         build_engine
         ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/bulk.py "$SHARED" "$DSN" "$ENGINE" \
             benches/results/bulk.json "${PG_RERANK_BENCH_PAIRS:-100000}" "${PG_RERANK_BENCH_VARIANT-int8}" "${PG_RERANK_BENCH_MODES:-worker}"
+        ;;
+    recipes)
+        .venv/bin/python scripts/load_corpus.py "$DSN" "$SHARED/data/debian"
+        .venv/bin/python benches/recipes.py "$SHARED" "$DSN" \
+            benches/results/recipes.json docs/img/recipes.png \
+            "${PG_RERANK_BENCH_QUERIES:-100}" "${PG_RERANK_BENCH_TIMED:-10}"
         ;;
     latency)
         .venv/bin/python benches/service.py latency "$DSN" "$SHARED/data/debian/corpus.jsonl" \

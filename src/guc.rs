@@ -90,6 +90,26 @@ static BULK_SHARE: GucSetting<i32> = GucSetting::<i32>::new(20);
 /// Memory budget of the worker's loaded models, in MB; least recently used go first.
 static WORKER_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(2048);
 
+/// How a document longer than the model's window is scored.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LongDocuments {
+    /// Split into windows that each fit beside the query; the best window's score counts.
+    #[name = c"chunk"]
+    Chunk,
+    /// Cut at the window: only the beginning is read.
+    #[name = c"truncate"]
+    Truncate,
+}
+
+static LONG_DOCUMENTS: GucSetting<LongDocuments> = GucSetting::<LongDocuments>::new(LongDocuments::Chunk);
+
+/// Most windows one document is scored in: each is a pair for the model, so this bounds
+/// what one long document costs. Superuser: it protects the server.
+static MAX_CHUNKS: GucSetting<i32> = GucSetting::<i32>::new(16);
+
+/// Tokens a window rereads of the one before it, when it goes on in the same paragraph.
+static CHUNK_OVERLAP: GucSetting<i32> = GucSetting::<i32>::new(64);
+
 /// Where `scripts/setup.sh` installs the library.
 const DEFAULT_ORT: &CStr = c"/usr/local/lib/onnxruntime/libonnxruntime.so.1.32.0";
 
@@ -279,6 +299,34 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MB,
     );
+    GucRegistry::define_enum_guc(
+        c"pg_rerank.long_documents",
+        c"How a document longer than the model's window is scored: chunk or truncate.",
+        c"chunk: split into windows that fit beside the query, starting at paragraphs, lines and sentences, and take the best window's score; truncate: read only the beginning.",
+        &LONG_DOCUMENTS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_rerank.max_chunks",
+        c"Most windows a long document is scored in.",
+        c"Each window is one pair for the model; text beyond this many windows is not read.",
+        &MAX_CHUNKS,
+        1,
+        1024,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_rerank.chunk_overlap",
+        c"Tokens a window rereads of the window before it.",
+        c"Only where the window goes on inside the same paragraph; at most half a window.",
+        &CHUNK_OVERLAP,
+        0,
+        4096,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init in the process's main thread, as Postgres expects.
     unsafe {
         pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_rerank".as_ptr());
@@ -370,4 +418,15 @@ pub fn bulk_share() -> f64 {
 
 pub fn worker_memory_bytes() -> u64 {
     u64::try_from(WORKER_MEMORY.get().max(1)).unwrap_or(1) << 20
+}
+
+pub fn long_documents() -> LongDocuments {
+    LONG_DOCUMENTS.get()
+}
+
+pub fn chunk_options() -> pg_rerank_engine::ChunkOptions {
+    pg_rerank_engine::ChunkOptions {
+        max_chunks: MAX_CHUNKS.get().max(1) as usize,
+        overlap: CHUNK_OVERLAP.get().max(0) as usize,
+    }
 }

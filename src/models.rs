@@ -5,7 +5,7 @@ use crate::error::{engine, report, SqlResult};
 use crate::guc;
 use parking_lot::Mutex;
 use pg_rerank_engine::registry::{self, Location};
-use pg_rerank_engine::{runtime, Embedder, Model, SessionOptions};
+use pg_rerank_engine::{runtime, Embedder, Model, SessionOptions, Splitter};
 use pgrx::PgSqlErrorCode;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +65,25 @@ pub fn get(name: &str) -> SqlResult<Arc<Model>> {
 /// Whether this backend holds the model at `at`.
 pub fn is_loaded(at: &Location) -> bool {
     LOADED.lock().as_ref().is_some_and(|c| c.keys().any(|k| &k.at == at))
+}
+
+static SPLITTERS: Mutex<Option<HashMap<Location, Arc<Splitter>>>> = Mutex::new(None);
+
+/// The splitter of model `name`: the loaded model's when this backend holds it, else one
+/// read from its tokenizer alone (a backend whose calls go to the worker loads no session).
+pub fn splitter(name: &str) -> SqlResult<Arc<Splitter>> {
+    let root = model_dir()?;
+    let at = registry::resolve(&root, name).map_err(engine)?;
+    if let Some(s) = SPLITTERS.lock().as_ref().and_then(|c| c.get(&at)) {
+        return Ok(Arc::clone(s));
+    }
+    let loaded = LOADED.lock().as_ref().and_then(|c| c.iter().find(|(k, _)| k.at == at).map(|(_, m)| Arc::clone(m)));
+    let splitter = Arc::new(match loaded {
+        Some(m) => m.splitter().clone(),
+        None => Splitter::load(name, &at.dir).map_err(engine)?,
+    });
+    SPLITTERS.lock().get_or_insert_with(HashMap::new).insert(at, Arc::clone(&splitter));
+    Ok(splitter)
 }
 
 static EMBEDDERS: Mutex<Option<HashMap<Key, Arc<Embedder>>>> = Mutex::new(None);

@@ -29,7 +29,7 @@ const BUCKETS: usize = 128;
 /// use a segment it did not make (a server restart is needed after an upgrade anyway,
 /// since the library is preloaded).
 const MAGIC: u32 = 0x5052_4b53; // "PRKS"
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// `AddinShmemInitLock`: `&MainLWLockArray[21].lock` in PostgreSQL's lwlocknames.h.
 const ADDIN_SHMEM_INIT_LOCK: usize = 21;
@@ -274,6 +274,10 @@ pub struct ModelStats {
     pub pairs: AtomicU64,
     pub tokens: AtomicU64,
     pub truncated: AtomicU64,
+    /// Documents longer than the window that were scored in windows, and the windows
+    /// (counted by the backends that split them; each window is one of `pairs`).
+    pub split_documents: AtomicU64,
+    pub windows: AtomicU64,
     pub batches: AtomicU64,
     pub batched_pairs: AtomicU64,
     /// Batches holding pairs of more than one request.
@@ -308,6 +312,8 @@ impl ModelStats {
             &self.pairs,
             &self.tokens,
             &self.truncated,
+            &self.split_documents,
+            &self.windows,
             &self.batches,
             &self.batched_pairs,
             &self.shared_batches,

@@ -3,16 +3,19 @@
 mod bulk;
 mod catalog;
 mod embed;
+mod fusion;
 mod rerank;
 mod stats;
 mod topk;
 
 use crate::client::{self, CallProgress};
 use crate::error::{engine, report, SqlResult};
-use crate::guc::{self, Execution, PrioritySetting};
+use crate::guc::{self, Execution, LongDocuments, PrioritySetting};
 use crate::models;
+use pg_rerank_engine::chunk;
 use pg_rerank_engine::{Priority, ScoreOptions};
 use pgrx::PgSqlErrorCode;
+use std::sync::atomic::Ordering;
 
 /// Pairs per request to the worker: a larger call is sent in requests of this size, one
 /// after the other, so it never needs more room in the queue than this, and the worker
@@ -38,8 +41,9 @@ pub(crate) fn score(model: Option<&str>, query: &str, docs: &[&str], raw: bool) 
 
 /// Scores (query, document) pairs with `model` (None: pg_rerank.model), in the background
 /// worker or in this backend as pg_rerank.execution says, at priority `class` (or bulk,
-/// when the session says pg_rerank.priority = bulk). Both check for query cancel and
-/// statement_timeout while they work.
+/// when the session says pg_rerank.priority = bulk). Under pg_rerank.long_documents =
+/// chunk, a document longer than the model's window is scored in windows and gets the
+/// best window's score. Both check for query cancel and statement_timeout while they work.
 pub(crate) fn score_pairs(
     model: Option<&str>,
     pairs: &[(&str, &str)],
@@ -52,8 +56,42 @@ pub(crate) fn score_pairs(
         Execution::Worker => true,
         Execution::Auto => client::preloaded(),
     };
+    if guc::long_documents() == LongDocuments::Truncate {
+        return score_windows(&name, pairs, raw, class, in_worker);
+    }
+    let splitter = models::splitter(&name)?;
+    let mut expanded = chunk::Expanded::default();
+    // Split a slice at a time, so that a cancel is seen while many long documents split.
+    for part in pairs.chunks(256) {
+        pgrx::check_for_interrupts!();
+        let clipped: Vec<(&str, &str)> = part.iter().map(|(q, d)| (clip_text(q), clip_text(d))).collect();
+        let x = chunk::expand(&splitter, &clipped, guc::chunk_options()).map_err(engine)?;
+        let base = expanded.pairs.len();
+        expanded.pairs.extend(x.pairs);
+        expanded.spans.extend(x.spans.into_iter().map(|r| r.start + base..r.end + base));
+        expanded.split += x.split;
+        expanded.truncated += x.truncated;
+    }
+    let scores = score_windows(&name, &expanded.pairs, raw, class, in_worker)?;
+    if expanded.split > 0 {
+        if let Some(st) = crate::shmem::get().filter(|_| in_worker).and_then(|sh| sh.find_stats(&name)) {
+            st.split_documents.fetch_add(expanded.split as u64, Ordering::Relaxed);
+            st.windows.fetch_add((expanded.pairs.len() - pairs.len() + expanded.split) as u64, Ordering::Relaxed);
+        }
+    }
+    Ok(chunk::fold(&expanded.spans, &scores))
+}
+
+/// Scores the pairs as they are (the model truncates what does not fit).
+fn score_windows(
+    name: &str,
+    pairs: &[(&str, &str)],
+    raw: bool,
+    class: Priority,
+    in_worker: bool,
+) -> SqlResult<Vec<f32>> {
     if !in_worker {
-        return score_here(&name, pairs, raw);
+        return score_here(name, pairs, raw);
     }
     let priority = match guc::priority() {
         PrioritySetting::Bulk => Priority::Bulk,
@@ -63,7 +101,7 @@ pub(crate) fn score_pairs(
     for chunk in pairs.chunks(WORKER_REQUEST_PAIRS) {
         let clipped: Vec<(&str, &str)> = chunk.iter().map(|(q, d)| (clip_text(q), clip_text(d))).collect();
         let call = CallProgress { total: pairs.len() as u64, done: scores.len() as u64 };
-        scores.extend(client::score(&name, &clipped, raw, priority, call)?.0);
+        scores.extend(client::score(name, &clipped, raw, priority, call)?.0);
     }
     Ok(scores)
 }

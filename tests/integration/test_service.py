@@ -16,6 +16,13 @@ from psycopg import errors
 from conftest import in_thread, put_model, reload, sample, stats, wait_for, worker
 
 
+@pytest.fixture(scope="module")
+def dsn(dsn):
+    """These tests count pairs and requests: documents are read up to the model's window
+    (pg_rerank.long_documents = truncate), one pair each; test_long.py covers windows."""
+    return dsn + " options='-c pg_rerank.long_documents=truncate'"
+
+
 def progress(conn):
     cur = conn.execute("SELECT * FROM pg_rerank_progress ORDER BY queued_at")
     return [dict(zip([c.name for c in cur.description], r)) for r in cur.fetchall()]

@@ -16,6 +16,13 @@ from conftest import in_thread, put_model, reload, sample, stats, wait_for, work
 QUERY = "SELECT array_agg(idx ORDER BY idx), array_agg(score ORDER BY idx) FROM rerank(%s, %s, raw => true)"
 
 
+@pytest.fixture(scope="module")
+def dsn(dsn):
+    """These tests count pairs and requests: documents are read up to the model's window
+    (pg_rerank.long_documents = truncate), one pair each; test_long.py covers windows."""
+    return dsn + " options='-c pg_rerank.long_documents=truncate'"
+
+
 def test_worker_is_ready(wconn):
     w = worker(wconn)
     assert w["state"] == "ready" and w["pid"], w
