@@ -8,9 +8,10 @@ use pgrx::PgSqlErrorCode;
 
 /// Scores each element of `docs` against `query` and returns one row per non-NULL
 /// document: `idx` is its 1-based position in `docs`, rows come best first (ties in input
-/// order). `top_n` keeps the best n. NULL elements of `docs` are skipped; NULL or empty
-/// `docs` gives no rows; a NULL query is an error. Scores are probabilities (sigmoid of
-/// the logit) unless `raw` is true.
+/// order). `top_n` keeps the best n, `min_score` those scoring at least that (on the
+/// scale returned: probability, or logit when `raw`). NULL elements of `docs` are skipped;
+/// NULL or empty `docs` gives no rows; a NULL query is an error. Scores are probabilities
+/// (sigmoid of the logit) unless `raw` is true.
 #[pg_extern(stable, parallel_safe)]
 fn rerank(
     query: Option<&str>,
@@ -18,6 +19,7 @@ fn rerank(
     model: default!(Option<&str>, "NULL"),
     top_n: default!(Option<i32>, "NULL"),
     raw: default!(Option<bool>, "false"),
+    min_score: default!(Option<f32>, "NULL"),
 ) -> Result<TableIterator<'static, (name!(idx, i32), name!(score, f32))>, ErrorReport> {
     let query = query.ok_or_else(null_query)?;
     if let Some(n) = top_n {
@@ -38,6 +40,10 @@ fn rerank(
     }
     let scores = score(model, query, &texts, raw.unwrap_or(false))?;
     let mut rows: Vec<(i32, f32)> = rank(&scores).into_iter().map(|(i, s)| (positions[i], s)).collect();
+    if let Some(min) = min_score {
+        // Best first: the rows below the threshold (and NaN, ranked last) are the tail.
+        rows.truncate(rows.partition_point(|&(_, s)| s >= min));
+    }
     if let Some(n) = top_n {
         rows.truncate(n as usize);
     }

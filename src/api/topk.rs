@@ -14,6 +14,9 @@ use std::ffi::c_char;
 struct TopkState {
     query: String,
     k: i32,
+    /// The model (None: pg_rerank.model) and the lowest score kept, of the 6-argument form.
+    model: Option<String>,
+    min_score: Option<f32>,
     elem: pg_sys::Oid,
     typlen: i16,
     typbyval: bool,
@@ -58,6 +61,36 @@ fn rerank_topk_sfunc(
     k: Option<i32>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Result<Internal, ErrorReport> {
+    transition(state, query, id, doc, k, None, None, fcinfo)
+}
+
+/// Transition function of the forms with a model and a lowest score kept.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(stable, parallel_safe, name = "rerank_topk_sfunc")]
+fn rerank_topk_sfunc_with(
+    state: Internal,
+    query: Option<&str>,
+    id: Option<AnyElement>,
+    doc: Option<&str>,
+    k: Option<i32>,
+    model: Option<&str>,
+    min_score: Option<f32>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Result<Internal, ErrorReport> {
+    transition(state, query, id, doc, k, model, min_score, fcinfo)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn transition(
+    state: Internal,
+    query: Option<&str>,
+    id: Option<AnyElement>,
+    doc: Option<&str>,
+    k: Option<i32>,
+    model: Option<&str>,
+    min_score: Option<f32>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Result<Internal, ErrorReport> {
     let ctx = agg_context(fcinfo, "rerank_topk_sfunc");
     let query = query.ok_or_else(null_query)?;
     let k = check_k(k)?;
@@ -69,6 +102,8 @@ fn rerank_topk_sfunc(
             let fresh = TopkState {
                 query: query.to_string(),
                 k,
+                model: model.map(str::to_string),
+                min_score,
                 elem: pg_sys::InvalidOid,
                 typlen: 0,
                 typbyval: false,
@@ -93,6 +128,12 @@ fn rerank_topk_sfunc(
         return Err(report(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "k must be the same for every row of rerank_topk",
+        ));
+    }
+    if st.model.as_deref() != model || st.min_score.map(f32::to_bits) != min_score.map(f32::to_bits) {
+        return Err(report(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "model and min_score must be the same for every row of rerank_topk",
         ));
     }
     let (Some(id), Some(doc)) = (id, doc) else { return Ok(state) };
@@ -167,7 +208,10 @@ fn best<'a>(
             // the aggregate's context, which outlives this call.
             .map(|&(p, n)| unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(p, n)) })
             .collect();
-        let mut ranked = rank(&score(None, &st.query, &docs, false)?);
+        let mut ranked = rank(&score(st.model.as_deref(), &st.query, &docs, false)?);
+        if let Some(min) = st.min_score {
+            ranked.truncate(ranked.partition_point(|&(_, s)| s >= min));
+        }
         ranked.truncate(st.k as usize);
         st.ranked = Some(ranked);
     }
@@ -200,6 +244,38 @@ fn rerank_topk_final(
         let array_type = pg_sys::get_array_type(st.elem);
         Ok(AnyArray::from_polymorphic_datum(pg_sys::Datum::from(arr), false, array_type))
     }
+}
+
+/// `rerank_topk_final` of the forms with a model and a lowest score kept.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(stable, parallel_safe, name = "rerank_topk_final")]
+fn rerank_topk_final_with(
+    state: Internal,
+    query: Option<&str>,
+    id: Option<AnyElement>,
+    doc: Option<&str>,
+    k: Option<i32>,
+    _model: Option<&str>,
+    _min_score: Option<f32>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Result<Option<AnyArray>, ErrorReport> {
+    rerank_topk_final(state, query, id, doc, k, fcinfo)
+}
+
+/// `rerank_topk_scores_final` of the forms with a model and a lowest score kept.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(stable, parallel_safe, name = "rerank_topk_scores_final")]
+fn rerank_topk_scores_final_with(
+    state: Internal,
+    query: Option<&str>,
+    id: Option<AnyElement>,
+    doc: Option<&str>,
+    k: Option<i32>,
+    _model: Option<&str>,
+    _min_score: Option<f32>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Result<Option<Vec<f32>>, ErrorReport> {
+    rerank_topk_scores_final(state, query, id, doc, k, fcinfo)
 }
 
 /// Final function of `rerank_topk_scores`: the scores of the best k rows, best first.
@@ -239,7 +315,36 @@ CREATE AGGREGATE rerank_topk_scores(query text, id anyelement, doc text, k integ
 );
 COMMENT ON AGGREGATE rerank_topk_scores(text, anyelement, text, integer) IS
 'The scores matching rerank_topk with the same arguments, best first; written in the same SELECT, both share one model run.';
+
+CREATE AGGREGATE rerank_topk(query text, id anyelement, doc text, k integer, model text, min_score real) (
+    SFUNC = rerank_topk_sfunc,
+    STYPE = internal,
+    FINALFUNC = rerank_topk_final,
+    FINALFUNC_EXTRA,
+    FINALFUNC_MODIFY = SHAREABLE,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE rerank_topk(text, anyelement, text, integer, text, real) IS
+'rerank_topk with a model (NULL: pg_rerank.model) and the lowest score kept (NULL: none): fewer than k ids when fewer score that high.';
+
+CREATE AGGREGATE rerank_topk_scores(query text, id anyelement, doc text, k integer, model text, min_score real) (
+    SFUNC = rerank_topk_sfunc,
+    STYPE = internal,
+    FINALFUNC = rerank_topk_scores_final,
+    FINALFUNC_EXTRA,
+    FINALFUNC_MODIFY = SHAREABLE,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE rerank_topk_scores(text, anyelement, text, integer, text, real) IS
+'The scores matching rerank_topk with the same six arguments, best first.';
 "#,
     name = "rerank_topk_aggregates",
-    requires = [rerank_topk_sfunc, rerank_topk_final, rerank_topk_scores_final],
+    requires = [
+        rerank_topk_sfunc,
+        rerank_topk_final,
+        rerank_topk_scores_final,
+        rerank_topk_sfunc_with,
+        rerank_topk_final_with,
+        rerank_topk_scores_final_with
+    ],
 );

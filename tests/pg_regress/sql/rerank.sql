@@ -40,3 +40,15 @@ SELECT name, family, max_length FROM rerank_models() ORDER BY name;
 -- Volatility: scores depend on the loaded model, so nothing is IMMUTABLE.
 SELECT proname, provolatile FROM pg_proc
 WHERE proname IN ('rerank', 'rerank_score', 'rerank_topk_sfunc', 'rerank_topk_final') ORDER BY proname;
+
+-- min_score keeps the documents scoring at least that, on the scale returned.
+SELECT idx FROM rerank('lossless compression library',
+                       ARRAY['GNU Chess is a chess-playing program',
+                             'zlib is a library implementing the deflate compression method found in gzip'],
+                       min_score => 0.05);
+SELECT idx FROM rerank('lossless compression library',
+                       ARRAY['GNU Chess is a chess-playing program',
+                             'zlib is a library implementing the deflate compression method found in gzip'],
+                       raw => true, min_score => -5);
+SELECT count(*) FROM rerank('lossless compression library', ARRAY['GNU Chess is a chess-playing program'],
+                            min_score => 1.5);

@@ -35,3 +35,14 @@ FROM (SELECT rerank_topk('data compression', id, body, 3) AS ids FROM pkg) t,
      unnest(t.ids) WITH ORDINALITY AS r(id, rank)
 JOIN pkg p ON p.id = r.id
 ORDER BY r.rank;
+
+-- With a model and a lowest score kept: fewer than k ids when fewer score that high.
+SELECT rerank_topk('data compression', id, body, 3, 'minilm-debian', 0.5),
+       rerank_topk_scores('data compression', id, body, 3, 'minilm-debian', 0.5) IS NOT NULL AS scored
+FROM pkg;
+SELECT rerank_topk('data compression', id, body, 3, NULL, NULL) = rerank_topk('data compression', id, body, 3)
+       AS same_as_four_arguments
+FROM pkg;
+SELECT rerank_topk('data compression', id, body, 3, NULL, 2.0) FROM pkg;
+SELECT rerank_topk('data compression', id, body, 3, 'no-such-model', NULL) FROM pkg;
+SELECT rerank_topk('data compression', id, body, 3, NULL, CASE WHEN id = 10 THEN 0.1 END) FROM pkg;
