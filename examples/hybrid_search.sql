@@ -1,21 +1,29 @@
--- Hybrid retrieval reranked in SQL: pgvector ANN + full-text search, fused with
--- reciprocal rank fusion (k = 60), top 100 candidates reranked by the cross-encoder.
--- Parameters: :'query' (text) and :'query_emb' (a vector literal of the query embedding).
+-- Hybrid retrieval reranked in SQL, in one statement: the query text is embedded in the
+-- database (embed() with all-MiniLM-L6-v2, the bi-encoder that embedded the corpus),
+-- pgvector's HNSW index and full-text search each return their top 100, rrf() fuses the
+-- two lists (reciprocal rank fusion, k = 60), and the cross-encoder reranks the fused top
+-- 100. Parameter: :'query' (text).
 -- The HNSW scan returns at most hnsw.ef_search rows (default 40): set it to 100 or more
 -- (scripts/load_corpus.py does so for its database) to get 100 dense candidates.
 WITH dense AS (
-    SELECT id, row_number() OVER (ORDER BY emb <=> :'query_emb'::vector) AS r
-    FROM packages ORDER BY emb <=> :'query_emb'::vector LIMIT 100
+    SELECT array_agg(id ORDER BY dist) AS ids
+    FROM (SELECT id, emb <=> embed(:'query', 'all-minilm-l6-v2')::vector AS dist
+          FROM packages
+          ORDER BY emb <=> embed(:'query', 'all-minilm-l6-v2')::vector
+          LIMIT 100) d
 ), sparse AS (
-    SELECT id, row_number() OVER (ORDER BY ts_rank_cd(tsv, q) DESC) AS r
-    FROM packages, websearch_to_tsquery('english', :'query') q
-    WHERE tsv @@ q ORDER BY ts_rank_cd(tsv, q) DESC LIMIT 100
-), fused AS (
-    SELECT id, sum(1.0 / (60 + r)) AS rrf
-    FROM (SELECT * FROM dense UNION ALL SELECT * FROM sparse) u
-    GROUP BY id ORDER BY rrf DESC LIMIT 100
+    SELECT array_agg(id ORDER BY rank DESC, id) AS ids
+    FROM (SELECT id, ts_rank_cd(tsv, q) AS rank
+          FROM packages, websearch_to_tsquery('english', :'query') q
+          WHERE tsv @@ q
+          ORDER BY rank DESC, id
+          LIMIT 100) s
 ), candidates AS (
-    SELECT p.id, p.body, f.rrf FROM fused f JOIN packages p USING (id)
+    SELECT p.id, p.body
+    FROM dense, sparse, rrf(dense.ids, sparse.ids) f
+    JOIN packages p ON p.id = f.id
+    ORDER BY f.score DESC
+    LIMIT 100
 )
 SELECT r.rank, c.id, round(r.score::numeric, 4) AS score, left(c.body, 70) AS description
 FROM (SELECT rerank_topk(:'query', id, body, 10) AS ids,
