@@ -17,6 +17,9 @@ psql -q -d postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'demo'" | gre
 if [ -n "${PG_RERANK_MODEL_DIR:-}" ]; then
     psql -q -d postgres -c "ALTER SYSTEM SET pg_rerank.model_dir = '$PG_RERANK_MODEL_DIR'" -c "SELECT pg_reload_conf()" >/dev/null
 fi
+# The extension as just built and installed, not the objects of an older build (a demo
+# database from an earlier run keeps its data: only the extension's functions change).
+psql -q -d demo -c "DROP EXTENSION IF EXISTS pg_rerank CASCADE" -c "CREATE EXTENSION pg_rerank"
 log "loading the corpus (first run only: about a minute or two)"
 .venv/bin/python scripts/load_corpus.py "dbname=demo" "$SHARED/data/debian"
 
