@@ -99,7 +99,7 @@ pub struct ModelConfig {
     pub prompt: Option<Prompt>,
 }
 
-fn read_json(path: &Path) -> Result<Option<Value>> {
+pub(crate) fn read_json(path: &Path) -> Result<Option<Value>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             EngineError::new(ErrorKind::Corrupt, format!("could not parse \"{}\"", path.display()))

@@ -9,6 +9,7 @@
 //! pooling module says, or the finished `sentence_embedding` `[batch, dim]`.
 
 use crate::batch::BatchLimits;
+use crate::config::read_json;
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::model::{cut_chars, Device, SessionOptions, CHARS_PER_TOKEN_BOUND};
 use crate::session::{self, corrupt, inference, Padded, SessionPool, Tokenized, Tokens};
@@ -138,18 +139,6 @@ impl std::fmt::Debug for Embedder {
             .field("max_length", &self.max_length)
             .field("dim", &self.dim)
             .finish()
-    }
-}
-
-fn read_json(path: &Path) -> Result<Option<Value>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            EngineError::new(ErrorKind::Corrupt, format!("could not parse \"{}\"", path.display()))
-                .with_detail(e.to_string())
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(EngineError::new(ErrorKind::Corrupt, format!("could not read \"{}\"", path.display()))
-            .with_detail(e.to_string())),
     }
 }
 
