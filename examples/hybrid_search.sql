@@ -3,18 +3,25 @@
 -- pgvector's HNSW index and full-text search each return their top 100, rrf() fuses the
 -- two lists (reciprocal rank fusion, k = 60), and the cross-encoder reranks the fused top
 -- 100. Parameter: :'query' (text).
+-- The candidates are the best recipe of docs/recipes.md for 100 pairs: full text matches
+-- any of the query's words (an OR of its lexemes; websearch_to_tsquery's AND finds almost
+-- nothing for a query of several words), and the dense list makes up for ts_rank_cd's lack
+-- of IDF. The query vector is a scalar subquery, computed once (inline, embed() would run
+-- for every row returned).
 -- The HNSW scan returns at most hnsw.ef_search rows (default 40): set it to 100 or more
 -- (scripts/load_corpus.py does so for its database) to get 100 dense candidates.
 WITH dense AS (
     SELECT array_agg(id ORDER BY dist) AS ids
-    FROM (SELECT id, emb <=> embed(:'query', 'all-minilm-l6-v2')::vector AS dist
+    FROM (SELECT id, emb <=> (SELECT embed(:'query', 'all-minilm-l6-v2')::vector) AS dist
           FROM packages
-          ORDER BY emb <=> embed(:'query', 'all-minilm-l6-v2')::vector
+          ORDER BY emb <=> (SELECT embed(:'query', 'all-minilm-l6-v2')::vector)
           LIMIT 100) d
 ), sparse AS (
     SELECT array_agg(id ORDER BY rank DESC, id) AS ids
     FROM (SELECT id, ts_rank_cd(tsv, q) AS rank
-          FROM packages, websearch_to_tsquery('english', :'query') q
+          FROM packages,
+               (SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS q
+                FROM unnest(to_tsvector('english', :'query'))) words
           WHERE tsv @@ q
           ORDER BY rank DESC, id
           LIMIT 100) s
