@@ -73,10 +73,12 @@ pub(crate) fn score_pairs(
         expanded.truncated += x.truncated;
     }
     let scores = score_windows(&name, &expanded.pairs, raw, class, in_worker)?;
-    if expanded.split > 0 {
+    if expanded.split > 0 || expanded.truncated > 0 {
         if let Some(st) = crate::shmem::get().filter(|_| in_worker).and_then(|sh| sh.find_stats(&name)) {
             st.split_documents.fetch_add(expanded.split as u64, Ordering::Relaxed);
             st.windows.fetch_add((expanded.pairs.len() - pairs.len() + expanded.split) as u64, Ordering::Relaxed);
+            // Documents with text beyond pg_rerank.max_chunks windows were not read whole.
+            st.truncated.fetch_add(expanded.truncated as u64, Ordering::Relaxed);
         }
     }
     Ok(chunk::fold(&expanded.spans, &scores))
