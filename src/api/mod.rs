@@ -60,18 +60,12 @@ pub(crate) fn score_pairs(
         return score_windows(&name, pairs, raw, class, in_worker);
     }
     let splitter = models::splitter(&name)?;
-    let mut expanded = chunk::Expanded::default();
-    // Split a slice at a time, so that a cancel is seen while many long documents split.
-    for part in pairs.chunks(256) {
+    let clipped: Vec<(&str, &str)> = pairs.iter().map(|(q, d)| (clip_text(q), clip_text(d))).collect();
+    let expanded = chunk::expand(&splitter, &clipped, guc::chunk_options(), &mut || {
         pgrx::check_for_interrupts!();
-        let clipped: Vec<(&str, &str)> = part.iter().map(|(q, d)| (clip_text(q), clip_text(d))).collect();
-        let x = chunk::expand(&splitter, &clipped, guc::chunk_options()).map_err(engine)?;
-        let base = expanded.pairs.len();
-        expanded.pairs.extend(x.pairs);
-        expanded.spans.extend(x.spans.into_iter().map(|r| r.start + base..r.end + base));
-        expanded.split += x.split;
-        expanded.truncated += x.truncated;
-    }
+        Ok(())
+    })
+    .map_err(engine)?;
     let scores = score_windows(&name, &expanded.pairs, raw, class, in_worker)?;
     if expanded.split > 0 || expanded.truncated > 0 {
         if let Some(st) = crate::shmem::get().filter(|_| in_worker).and_then(|sh| sh.find_stats(&name)) {

@@ -257,10 +257,13 @@ impl Splitter {
     }
 
     fn count(&self, input: tokenizers::EncodeInput<'_>) -> Result<usize> {
-        self.tokenizer
-            .encode(input, true)
-            .map(|e| e.len())
-            .map_err(|e| EngineError::new(ErrorKind::Tokenize, "could not tokenize").with_detail(e.to_string()))
+        self.tokenizer.encode(input, true).map(|e| e.len()).map_err(tokenize_failed)
+    }
+
+    /// No tokenizer gives more tokens than bytes: a document this short fits beside any
+    /// query that leaves half the window, and is not tokenized to find out.
+    fn surely_fits(&self, doc: &str) -> bool {
+        doc.len() + MARGIN <= self.max_length / 2
     }
 
     /// Tokens of document that fit in one window beside `query`.
@@ -275,8 +278,7 @@ impl Splitter {
     /// The windows `doc` is scored in beside `query`: the whole document when it fits (or
     /// when the query leaves less than [`MIN_WINDOW`] tokens), else windows of structure.
     pub fn windows<'d>(&self, query: &str, doc: &'d str, opts: ChunkOptions) -> Result<Windows<'d>> {
-        // No tokenizer gives more tokens than bytes: a short document fits as it is.
-        if doc.len() + MARGIN <= self.max_length / 2 {
+        if self.surely_fits(doc) {
             return Ok(Windows { texts: vec![doc], truncated: false });
         }
         self.windows_in(self.room(query)?, doc, opts)
@@ -291,10 +293,7 @@ impl Splitter {
         // Beyond what max_chunks windows can read, nothing is tokenized.
         let bound = room.saturating_mul(opts.max_chunks.max(1) + 1).saturating_mul(32).max(4096);
         let (text, cut) = crate::model::cut_chars(doc, bound);
-        let enc = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| EngineError::new(ErrorKind::Tokenize, "could not tokenize").with_detail(e.to_string()))?;
+        let enc = self.tokenizer.encode(text, false).map_err(tokenize_failed)?;
         let offsets = enc.get_offsets();
         if offsets.len() <= room && !cut {
             return Ok(whole);
@@ -313,6 +312,10 @@ impl Splitter {
     }
 }
 
+fn tokenize_failed(e: impl std::fmt::Display) -> EngineError {
+    EngineError::new(ErrorKind::Tokenize, "could not tokenize").with_detail(e.to_string())
+}
+
 /// Pairs expanded into the windows to score, and how to fold their scores back.
 #[derive(Debug, Default)]
 pub struct Expanded<'a> {
@@ -320,18 +323,28 @@ pub struct Expanded<'a> {
     pub pairs: Vec<(&'a str, &'a str)>,
     /// For each input pair, its range in `pairs`.
     pub spans: Vec<Range<usize>>,
-    /// Input pairs that were split, and those of them with text left out.
+    /// Input pairs that were split, and input pairs with text left out (beyond
+    /// `max_chunks` windows).
     pub split: usize,
     pub truncated: usize,
 }
 
-/// Expands `pairs` into windows with `splitter`.
-pub fn expand<'a>(splitter: &Splitter, pairs: &[(&'a str, &'a str)], opts: ChunkOptions) -> Result<Expanded<'a>> {
+/// Expands `pairs` into windows with `splitter`. `check` runs every 256 pairs and may stop
+/// the work by returning an error (cancellation).
+pub fn expand<'a>(
+    splitter: &Splitter,
+    pairs: &[(&'a str, &'a str)],
+    opts: ChunkOptions,
+    check: &mut dyn FnMut() -> Result<()>,
+) -> Result<Expanded<'a>> {
     let mut out = Expanded { pairs: Vec::with_capacity(pairs.len()), ..Default::default() };
     // The room a query leaves, tokenized once for the run of pairs that share it.
     let mut room: Option<(&str, usize)> = None;
-    for &(q, d) in pairs {
-        let w = if d.len() + MARGIN <= splitter.max_length / 2 {
+    for (i, &(q, d)) in pairs.iter().enumerate() {
+        if i % 256 == 0 {
+            check()?;
+        }
+        let w = if splitter.surely_fits(d) {
             Windows { texts: vec![d], truncated: false }
         } else {
             let r = match room {

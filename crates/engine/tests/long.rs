@@ -88,7 +88,7 @@ fn run(n: usize, chunked: bool, opts: ChunkOptions) -> (f64, f64) {
         let q = queries[qid].as_str();
         let pairs_in: Vec<(&str, &str)> = cands.iter().map(|(_, t)| (q, t.as_str())).collect();
         let s = if chunked {
-            let x = chunk::expand(model.splitter(), &pairs_in, opts).expect("split");
+            let x = chunk::expand(model.splitter(), &pairs_in, opts, &mut || Ok(())).expect("split");
             pairs += x.pairs.len();
             chunk::fold(&x.spans, &model.score_pairs(&x.pairs, score, &mut || Ok(())).expect("score").0)
         } else {
