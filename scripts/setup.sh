@@ -71,6 +71,10 @@ build_extension() {
     log "building and installing pg_rerank"
     local sudo=(); is_root || sudo=(--sudo)
     (cd "$REPO" && cargo pgrx install --release "${sudo[@]}" --pg-config "$PG_CONFIG" >/dev/null)
+    # cargo pgrx installs the current install script and the update scripts of sql/;
+    # the frozen install scripts of earlier versions let a database start on one
+    # (CREATE EXTENSION pg_rerank VERSION '0.1.0'), which the upgrade test does.
+    as_root install -m 0644 "$REPO"/sql/pg_rerank--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 }
 
 install_packages

@@ -1,0 +1,132 @@
+"""Upgrades: a database on the previous version, updated with ALTER EXTENSION pg_rerank
+UPDATE, has exactly the objects of a fresh install of the current version, and every
+function works after the update.
+
+The frozen install script of each earlier version is sql/pg_rerank--X.sql; each schema
+change ships sql/pg_rerank--A--B.sql. scripts/setup.sh installs both kinds."""
+import re
+from pathlib import Path
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PREVIOUS = "0.1.0"
+
+# Everything the extension owns, described by what a user can observe: signatures with
+# argument names and defaults, results, volatility, strictness, parallel safety, the C
+# symbol or SQL body, privileges, comments, view definitions and aggregate wiring.
+CATALOG = """
+SELECT 'function', p.oid::regprocedure::text,
+       concat_ws(' | ', pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),
+                 p.prokind, p.provolatile, p.proisstrict, p.proparallel, p.prosrc,
+                 p.proacl::text, obj_description(p.oid, 'pg_proc'))
+FROM pg_proc p
+JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_rerank'
+UNION ALL
+SELECT 'aggregate', a.aggfnoid::regprocedure::text,
+       concat_ws(' | ', a.aggtransfn, a.aggfinalfn, a.aggfinalextra, a.aggfinalmodify,
+                 a.aggtranstype::regtype)
+FROM pg_aggregate a
+JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = a.aggfnoid AND d.deptype = 'e'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_rerank'
+UNION ALL
+SELECT 'view', c.oid::regclass::text,
+       concat_ws(' | ', pg_get_viewdef(c.oid), c.relacl::text, obj_description(c.oid, 'pg_class'))
+FROM pg_class c
+JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_rerank'
+ORDER BY 1, 2
+"""
+
+
+def current_version():
+    control = (REPO / "pg_rerank.control").read_text()
+    return re.search(r"default_version\s*=\s*'([^']+)'", control).group(1)
+
+
+@pytest.fixture(scope="module")
+def databases(dsn):
+    names = ("pg_rerank_upgraded", "pg_rerank_fresh")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for name in names:
+            c.execute(f"DROP DATABASE IF EXISTS {name}")
+            c.execute(f"CREATE DATABASE {name}")
+    yield {name: psycopg.conninfo.make_conninfo(dsn, dbname=name) for name in names}
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for name in names:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_every_version_has_an_upgrade_path(conn):
+    versions = {r[0] for r in conn.execute(
+        "SELECT version FROM pg_available_extension_versions WHERE name = 'pg_rerank'")}
+    assert PREVIOUS in versions, (
+        f"pg_rerank--{PREVIOUS}.sql is not installed: scripts/setup.sh installs the frozen "
+        "install scripts of sql/")
+    assert current_version() in versions
+    path = conn.execute(
+        "SELECT path FROM pg_extension_update_paths('pg_rerank') WHERE source = %s AND target = %s",
+        (PREVIOUS, current_version())).fetchone()
+    assert path and path[0] == f"{PREVIOUS}--{current_version()}"
+
+
+def test_an_update_gives_what_a_fresh_install_gives(databases):
+    with psycopg.connect(databases["pg_rerank_upgraded"], autocommit=True) as old:
+        old.execute(f"CREATE EXTENSION pg_rerank VERSION '{PREVIOUS}'")
+        # Between installing the new library and the update, the previous version's
+        # functions run on the new library where their arguments did not change; where
+        # they did (rerank gained min_score), the call is an error, never a crash.
+        q, doc = "lossless compression library", "zlib implements the deflate compression method"
+        assert old.execute("SELECT rerank_score(%s, %s, 'minilm-debian')", (q, doc)).fetchone()[0] > 0.2
+        with pytest.raises(psycopg.errors.InternalError_, match="min_score"):
+            old.execute("SELECT * FROM rerank(%s, ARRAY[%s], 'minilm-debian')", (q, doc))
+        assert old.execute("SELECT 1").fetchone() == (1,)
+        before = old.execute(CATALOG).fetchall()
+        old.execute("ALTER EXTENSION pg_rerank UPDATE")
+        version = old.execute(
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_rerank'").fetchone()[0]
+        upgraded = old.execute(CATALOG).fetchall()
+    with psycopg.connect(databases["pg_rerank_fresh"], autocommit=True) as new:
+        new.execute("CREATE EXTENSION pg_rerank")
+        fresh = new.execute(CATALOG).fetchall()
+
+    assert version == current_version()
+    assert before != fresh, "the previous version should differ from the current one"
+    missing = sorted(set(fresh) - set(upgraded))
+    extra = sorted(set(upgraded) - set(fresh))
+    assert not missing and not extra, (
+        "ALTER EXTENSION UPDATE does not give a fresh install's objects: a schema change "
+        f"needs its sql/pg_rerank--A--B.sql.\nmissing after the update: {missing}\n"
+        f"left over after the update: {extra}")
+
+
+def test_every_function_works_after_the_update(databases):
+    with psycopg.connect(databases["pg_rerank_upgraded"], autocommit=True) as c:
+        c.execute("SET pg_rerank.model = 'minilm-debian'")
+        q = "lossless compression library"
+        docs = ["GNU Chess is a chess-playing program",
+                "zlib implements the deflate compression method"]
+        assert c.execute("SELECT idx FROM rerank(%s, %s::text[], min_score => 0.2)", (q, docs)).fetchall() == [(2,)]
+        one = c.execute("SELECT rerank_score(%s, %s)", (q, docs[1])).fetchone()[0]
+        assert one > 0.2
+        assert c.execute("SELECT rerank_pairs(ARRAY[%s, %s], %s::text[])", (q, q, docs)).fetchone()[0][1] == pytest.approx(one, abs=1e-5)
+        rows = "(VALUES (1, %s), (2, %s)) AS t(id, body)"
+        assert c.execute(f"SELECT rerank_topk(%s, id, body, 1) FROM {rows}", (q, *docs)).fetchone()[0] == [2]
+        assert c.execute(f"SELECT rerank_topk(%s, id, body, 2, NULL, 0.2) FROM {rows}",
+                         (q, *docs)).fetchone()[0] == [2]
+        scores = c.execute(f"SELECT rerank_topk_scores(%s, id, body, 2, 'minilm-debian', NULL) FROM {rows}",
+                           (q, *docs)).fetchone()[0]
+        assert scores[0] == pytest.approx(one, abs=1e-5)
+        vec = c.execute("SELECT embed(%s, 'all-minilm-l6-v2')", (q,)).fetchone()[0]
+        assert len(vec) == 384
+        batch = c.execute("SELECT count(*) FROM embed_batch(%s::text[], 'all-minilm-l6-v2')", (docs,)).fetchone()[0]
+        assert batch == 2
+        assert c.execute("SELECT array_agg(id) FROM rrf(ARRAY[1, 2], ARRAY[2, 3])").fetchone()[0] == [2, 1, 3]
+        kinds = dict(c.execute("SELECT name, kind FROM rerank_models()").fetchall())
+        assert kinds["minilm-debian"] == "cross-encoder" and kinds["all-minilm-l6-v2"] == "bi-encoder"
+        assert c.execute("SELECT state FROM pg_rerank_worker()").fetchone()[0] == "ready"
+        assert c.execute("SELECT count(*) FROM pg_rerank_stats WHERE model = 'minilm-debian'").fetchone()[0] == 1
+        c.execute("SELECT count(*) FROM pg_rerank_progress").fetchone()
+        c.execute("SELECT pg_rerank_stats_reset()")
