@@ -130,3 +130,20 @@ def test_every_function_works_after_the_update(databases):
         assert c.execute("SELECT count(*) FROM pg_rerank_stats WHERE model = 'minilm-debian'").fetchone()[0] == 1
         c.execute("SELECT count(*) FROM pg_rerank_progress").fetchone()
         c.execute("SELECT pg_rerank_stats_reset()")
+
+
+def test_drop_extension_leaves_the_server_wide_worker_running(conn, databases):
+    before = conn.execute("SELECT pid, starts FROM pg_rerank_worker()").fetchone()
+    with psycopg.connect(databases["pg_rerank_fresh"], autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS pg_rerank")
+        c.execute("DROP EXTENSION pg_rerank")
+        left = c.execute(
+            "SELECT count(*) FROM pg_proc WHERE proname LIKE ANY (ARRAY['rerank%', 'pg_rerank%', 'embed%', 'rrf'])"
+        ).fetchone()[0]
+        assert left == 0
+    # The worker belongs to the server: other databases keep being served by the same one.
+    assert conn.execute("SELECT pid, starts FROM pg_rerank_worker()").fetchone() == before
+    score = conn.execute(
+        "SELECT rerank_score('lossless compression library', 'zlib implements the deflate "
+        "compression method', 'minilm-debian')").fetchone()[0]
+    assert score > 0.2
