@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): starts a private cluster with pg_rerank preloaded, loads the
 # shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, sql_overhead, end_to_end, recipes,
-# bulk, embed, latency, soak). Results
+# cascade, bulk, embed, latency, soak). Results
 # go to benches/results/, plots to docs/img/. Run nothing else meanwhile: the figures are
 # ratios measured in one run, but a busy machine still skews them.
 source "$(dirname "$0")/lib.sh"
@@ -60,6 +60,10 @@ case "${1:-concurrency}" in
         .venv/bin/python benches/recipes.py "$SHARED" "$DSN" \
             benches/results/recipes.json docs/img/recipes.png \
             "${PG_RERANK_BENCH_QUERIES:-100}" "${PG_RERANK_BENCH_TIMED:-10}"
+        ;;
+    cascade)
+        .venv/bin/python benches/cascade.py "$SHARED" "$DSN" benches/results/cascade.json docs/img/cascade.png \
+            "${PG_RERANK_BENCH_QUERIES:-50}" "${PG_RERANK_BENCH_REPEAT:-2}"
         ;;
     embed)
         .venv/bin/python benches/embed.py "$SHARED" "$DSN" benches/results/embed.json \

@@ -1,5 +1,5 @@
 -- pg_rerank 0.1.0 -> 0.2.0
--- New: embed(), embed_batch(), rrf(), rerank(..., min_score), the six-argument
+-- New: embed(), embed_batch(), rrf(), rerank_cascade(), rerank(..., min_score), the six-argument
 -- rerank_topk / rerank_topk_scores (model, min_score), pg_rerank_progress.
 -- Changed columns: pg_rerank_stats, pg_rerank_worker(), rerank_models().
 -- Functions whose arguments or result columns changed are dropped and created again:
@@ -123,6 +123,23 @@ CREATE FUNCTION "rerank"(
 STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'rerank_wrapper';
+
+CREATE FUNCTION "rerank_cascade"(
+	"query" TEXT,
+	"docs" TEXT[],
+	"first_model" TEXT,
+	"first_k" INT,
+	"model" TEXT DEFAULT NULL,
+	"top_n" INT DEFAULT NULL,
+	"raw" bool DEFAULT false,
+	"min_score" real DEFAULT NULL
+) RETURNS TABLE (
+	"idx" INT,
+	"score" real
+)
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'rerank_cascade_wrapper';
 
 CREATE FUNCTION "rerank_models"() RETURNS TABLE (
 	"name" TEXT, 
