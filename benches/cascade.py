@@ -8,7 +8,7 @@ shared machine falls on all of them; the figures are NDCG@10 (qrels_dev.tsv), ca
 per second (100 per call / call time), and the speed-up over the fp32 model alone, all
 from the same run.
 
-    python benches/cascade.py SHARED DSN OUT_JSON OUT_PNG [queries] [rounds]
+    python benches/cascade.py SHARED DSN OUT_JSON OUT_PNG [queries] [rounds (1)]
 """
 import datetime
 import json
@@ -23,7 +23,7 @@ import psycopg
 
 SHARED, DSN, OUT_JSON, OUT_PNG = sys.argv[1:5]
 QUERIES = int(sys.argv[5]) if len(sys.argv) > 5 else 50
-ROUNDS = int(sys.argv[6]) if len(sys.argv) > 6 else 2
+ROUNDS = int(sys.argv[6]) if len(sys.argv) > 6 else 1
 DATA = Path(SHARED) / "data" / "debian"
 STRONG, FAST = "minilm-debian", "minilm-debian:int8"
 CUTS = (10, 20, 30, 50)

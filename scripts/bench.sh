@@ -63,7 +63,7 @@ case "${1:-concurrency}" in
         ;;
     cascade)
         .venv/bin/python benches/cascade.py "$SHARED" "$DSN" benches/results/cascade.json docs/img/cascade.png \
-            "${PG_RERANK_BENCH_QUERIES:-50}" "${PG_RERANK_BENCH_REPEAT:-2}"
+            "${PG_RERANK_BENCH_QUERIES:-50}" "${PG_RERANK_BENCH_REPEAT:-1}"
         ;;
     embed)
         .venv/bin/python benches/embed.py "$SHARED" "$DSN" benches/results/embed.json \
