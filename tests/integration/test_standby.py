@@ -1,0 +1,164 @@
+"""Reranking on a streaming hot standby: pg_basebackup of the test cluster (over a
+replication connection on loopback, -R so it follows the primary), started on a free port
+with its own socket directory. The configuration comes with the base backup, so the
+standby preloads pg_rerank and runs its own worker. rerank() in worker mode, rerank_topk
+and embed() on the standby give the primary's results. The standby is stopped and removed
+afterwards, also when a test fails."""
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import stats, wait_for, worker
+
+STATE = Path(os.environ.get("PG_RERANK_STATE", "/tmp"))
+
+
+def free_port(start=54332):
+    for port in range(start, start + 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no free port for the standby")
+
+
+def primary_server(conn):
+    """The primary's binaries (those of its running postmaster) and the OS user owning it."""
+    data = Path(conn.execute("SHOW data_directory").fetchone()[0])
+    owner = pwd.getpwuid(data.stat().st_uid).pw_name
+    pid = int((data / "postmaster.pid").read_text().split("\n")[0])
+    bindir = Path(os.readlink(f"/proc/{pid}/exe")).parent
+    assert (bindir / "pg_basebackup").is_file(), bindir
+    return bindir, owner
+
+
+def run(cmd, owner, **kw):
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", owner, "--", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw)
+    assert out.returncode == 0, f"{cmd} exited {out.returncode}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def standby(dsn):
+    with psycopg.connect(dsn, autocommit=True) as primary:
+        bindir, owner = primary_server(primary)
+        primary_port = primary.info.port
+        dbname = primary.info.dbname
+    port = free_port()
+    root = STATE / f"standby-{port}"
+    data, sock = root / "pgdata", root / "sock"
+    pg_ctl = str(bindir / "pg_ctl")
+
+    def stop_and_remove():
+        if (data / "postmaster.pid").exists():
+            subprocess.run((["runuser", "-u", owner, "--"] if os.geteuid() == 0 else [])
+                           + [pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+                           capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+    stop_and_remove()  # a standby left by a killed run
+    try:
+        root.mkdir(parents=True)
+        if os.geteuid() == 0:
+            shutil.chown(root, owner)
+        run(["mkdir", "-m", "700", str(sock)], owner)
+        t0 = time.monotonic()
+        # A replication connection over 127.0.0.1 (initdb -A trust allows it); -R writes
+        # primary_conninfo and standby.signal; -c fast: do not wait for a checkpoint.
+        run([str(bindir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary_port), "-U", "postgres",
+             "-D", str(data), "-R", "-X", "stream", "-c", "fast", "--no-sync"], owner)
+        t1 = time.monotonic()
+        conf = (data / "postgresql.conf").read_text()
+        assert "shared_preload_libraries = 'pg_rerank'" in conf
+        # Its own port and socket directory; everything else (preload, model settings) as
+        # the primary's configuration says. The server runs without RUST_BACKTRACE, as
+        # start_cluster starts the primary.
+        run(["env", "-u", "RUST_BACKTRACE", "-u", "RUST_LIB_BACKTRACE", pg_ctl, "-D", str(data),
+             "-l", str(root / "server.log"), "-w", "-t", "60",
+             "-o", f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={sock}",
+             "start"], owner)
+        print(f"standby on port {port}: base backup {t1 - t0:.1f} s, start {time.monotonic() - t1:.1f} s")
+        yield f"host=127.0.0.1 port={port} user=postgres dbname={dbname}"
+    except BaseException:
+        log = root / "server.log"
+        if log.exists():
+            print("standby server.log:\n" + log.read_text()[-4000:])
+        raise
+    finally:
+        stop_and_remove()
+
+
+@pytest.fixture()
+def sconn(standby):
+    with psycopg.connect(standby, autocommit=True) as c:
+        yield c
+
+
+def test_standby_streams_and_replays(dsn, sconn):
+    assert sconn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+    status = wait_for(lambda: sconn.execute(
+        "SELECT status, sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'").fetchone(),
+        "the standby's WAL receiver to stream")
+    with psycopg.connect(dsn, autocommit=True) as primary:
+        assert status[1] == primary.info.port
+        # A WAL record written on the primary now is replayed on the standby.
+        lsn = primary.execute("SELECT pg_logical_emit_message(false, 'pg_rerank', 'standby test')").fetchone()[0]
+        n = primary.execute("SELECT count(*) FROM packages").fetchone()[0]
+    wait_for(lambda: sconn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0],
+             "the standby to replay the primary's WAL")
+    assert sconn.execute("SELECT count(*) FROM packages").fetchone()[0] == n
+    # Read-only, as a hot standby is.
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        sconn.execute("CREATE TABLE standby_write (x int)")
+
+
+def test_rerank_in_worker_mode_on_standby(dsn, sconn):
+    # The standby runs its own worker (started with the postmaster, in recovery).
+    wait_for(lambda: worker(sconn)["state"] == "ready", "the standby's worker to be ready")
+    w = worker(sconn)
+    assert w["pid"] and w["device"] == "cpu", w
+    before = stats(sconn) or {"requests": 0, "pairs": 0}
+    sql = """SELECT idx, score FROM rerank(%s, ARRAY(SELECT body FROM packages
+                                                     WHERE tsv @@ websearch_to_tsquery('english', 'mail')
+                                                     ORDER BY id LIMIT 20))"""
+    query = "mail notifier"
+    sconn.execute("SET pg_rerank.execution = 'worker'")
+    got = sconn.execute(sql, (query,)).fetchall()
+    after = stats(sconn)
+    assert after["requests"] == before["requests"] + 1, (before, after)
+    # Every document at least once (a long one as several windows), by the standby's worker.
+    assert after["pairs"] >= before["pairs"] + 20, (before, after)
+    assert worker(sconn)["pid"] == w["pid"]
+    with psycopg.connect(dsn, autocommit=True) as primary:
+        primary.execute("SET pg_rerank.execution = 'worker'")
+        want = primary.execute(sql, (query,)).fetchall()
+    assert len(got) == 20
+    assert [i for i, _ in got] == [i for i, _ in want]
+    assert max(abs(a[1] - b[1]) for a, b in zip(got, want)) < 1e-5, (got, want)
+    assert got[0][1] > 0.5  # a real ranking, not all zeros
+
+
+def test_rerank_topk_and_embed_on_standby(dsn, sconn):
+    sql = """SELECT rerank_topk(%(q)s, id, body, 3), rerank_topk_scores(%(q)s, id, body, 3),
+                    embed(%(q)s, 'all-minilm-l6-v2')
+             FROM (SELECT id, body FROM packages WHERE tsv @@ websearch_to_tsquery('english', 'chess')
+                   ORDER BY id LIMIT 10) c"""
+    sconn.execute("SET pg_rerank.execution = 'worker'")
+    ids, scores, emb = sconn.execute(sql, {"q": "chess engine"}).fetchone()
+    with psycopg.connect(dsn, autocommit=True) as primary:
+        primary.execute("SET pg_rerank.execution = 'worker'")
+        want_ids, want_scores, want_emb = primary.execute(sql, {"q": "chess engine"}).fetchone()
+    assert len(ids) == 3 and ids == want_ids
+    assert max(abs(a - b) for a, b in zip(scores, want_scores)) < 1e-5
+    assert len(emb) == 384 and max(abs(a - b) for a, b in zip(emb, want_emb)) < 1e-5
