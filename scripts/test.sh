@@ -62,4 +62,9 @@ export PG_RERANK_SHARED="$SHARED" PG_RERANK_STATE="$STATE" PG_RERANK_MODEL_DIR="
 .venv/bin/python scripts/load_corpus.py "$PG_RERANK_DSN" "$SHARED/data/debian"
 .venv/bin/python -m pytest -q -s tests/integration
 
+if [ "${PG_MAJOR:-15}" = 15 ]; then
+    log "container image (scripts/docker.sh: build docker/, run it on loopback, rerank)"
+    bash scripts/docker.sh test
+fi
+
 log "all tests passed in $(( $(date +%s) - START )) s"
