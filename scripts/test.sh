@@ -2,33 +2,47 @@
 # Runs every test of pg_rerank: engine (cargo test), in-database (cargo pgrx test),
 # SQL golden files (pg_regress) and integration tests against a live cluster with
 # pgvector and the shared corpus. Installs what is missing first (scripts/setup.sh).
+#   PG_MAJOR=18 (or 17)  test against that PostgreSQL instead of 15: only the tiers that
+#                        depend on the server (cargo pgrx test, pg_regress, the worker
+#                        integration tests), on a cluster of its own (port 543NN)
+#   PG_RERANK_ALSO_TEST  the majors that a 15 run tests that way afterwards (default: 18)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
 START=$(date +%s)
+# psql, pg_regress's psql and the integration tests' tools: those of the tested server.
+export PATH="$PG_BIN:$PATH"
+FULL=1; [ "$PG_MAJOR" = 15 ] || FULL=0
 
 bash scripts/setup.sh --no-build
 STATE="$(state_dir)"
 MODELS="$(model_dir_for_server)"
 
-log "engine tests (cargo test)"
-cargo test -p pg_rerank_engine --release
+if [ "$FULL" = 1 ]; then
+    log "engine tests (cargo test)"
+    cargo test -p pg_rerank_engine --release
 
-log "lints (cargo clippy: every unsafe block documented, no warnings)"
-cargo clippy --workspace --lib --tests -- -D warnings
+    log "lints (cargo clippy: every unsafe block documented, no warnings)"
+    cargo clippy --workspace --lib --tests -- -D warnings
+fi
 
-log "in-database tests (cargo pgrx test)"
+log "in-database tests (cargo pgrx test pg$PG_MAJOR)"
 if is_root; then
     export CARGO_PGRX_TEST_RUNAS="$PG_RUNAS_USER"
     export CARGO_PGRX_TEST_PGDATA="$STATE/pgrx-test-data"
     mkdir -p "$CARGO_PGRX_TEST_PGDATA" && chown "$PG_RUNAS_USER" "$CARGO_PGRX_TEST_PGDATA"
 fi
-PG_RERANK_TEST_MODEL_DIR="$MODELS" cargo pgrx test pg15
+PG_RERANK_TEST_MODEL_DIR="$MODELS" cargo pgrx test "pg$PG_MAJOR"
 
 # cargo pgrx test installed a test build; the remaining tiers run the release build.
 bash scripts/setup.sh
 
-CLUSTER="$STATE/test-cluster"
-PORT="${PG_RERANK_TEST_PORT:-54331}"
+if [ "$FULL" = 1 ]; then
+    CLUSTER="$STATE/test-cluster"
+    PORT="${PG_RERANK_TEST_PORT:-54331}"
+else
+    CLUSTER="$STATE/test-cluster-pg$PG_MAJOR"
+    PORT="${PG_RERANK_TEST_PORT:-543$PG_MAJOR}"
+fi
 log "starting the test cluster ($CLUSTER, port $PORT)"
 stop_cluster "$CLUSTER"
 start_cluster "$CLUSTER" "$PORT"
@@ -42,13 +56,13 @@ psql -q -d postgres -c "DROP DATABASE IF EXISTS pg_rerank_regress" -c "CREATE DA
 psql -q -d pg_rerank_regress -c "CREATE EXTENSION pg_rerank" >/dev/null
 TESTS=$(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//' | sort)
 if ! "$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress" \
-        --use-existing --inputdir=tests/pg_regress --outputdir="$REGRESS_OUT" \
+        --use-existing --bindir="$PG_BIN" --inputdir=tests/pg_regress --outputdir="$REGRESS_OUT" \
         --dbname=pg_rerank_regress $TESTS; then
     cat "$REGRESS_OUT/regression.diffs" >&2 || true
     exit 1
 fi
 
-if ! .venv-dbt/bin/dbt --version >/dev/null 2>&1; then
+if [ "$FULL" = 1 ] && ! .venv-dbt/bin/dbt --version >/dev/null 2>&1; then
     log "installing dbt-postgres into .venv-dbt (for the dbt example)"
     python3 -m venv .venv-dbt
     # dbt-core 1.12 fetches a parser from GitHub while it installs; 1.11 needs only PyPI.
@@ -80,11 +94,24 @@ psql -q -d postgres -c "DROP DATABASE IF EXISTS pg_rerank_it" -c "CREATE DATABAS
 export PG_RERANK_DSN="host=127.0.0.1 port=$PORT user=postgres dbname=pg_rerank_it"
 export PG_RERANK_SHARED="$SHARED" PG_RERANK_STATE="$STATE" PG_RERANK_MODEL_DIR="$MODELS"
 .venv/bin/python scripts/load_corpus.py "$PG_RERANK_DSN" "$SHARED/data/debian"
-.venv/bin/python -m pytest -q -s tests/integration
+if [ "$FULL" = 1 ]; then
+    .venv/bin/python -m pytest -q -s tests/integration
+else
+    .venv/bin/python -m pytest -q -s tests/integration/test_worker.py tests/integration/test_service.py
+fi
 
 if [ "${PG_MAJOR:-15}" = 15 ]; then
     log "container image (scripts/docker.sh: build docker/, run it on loopback, rerank)"
     bash scripts/docker.sh test
 fi
 
-log "all tests passed in $(( $(date +%s) - START )) s"
+if [ "$FULL" = 1 ]; then
+    stop_cluster "$CLUSTER"
+    trap - EXIT
+    for major in ${PG_RERANK_ALSO_TEST-18}; do
+        log "PostgreSQL $major: in-database, pg_regress and worker integration tests"
+        env -u PG_RERANK_TEST_PORT PG_MAJOR="$major" bash scripts/test.sh
+    done
+fi
+
+log "all tests (PostgreSQL $PG_MAJOR) passed in $(( $(date +%s) - START )) s"
