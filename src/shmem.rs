@@ -31,8 +31,11 @@ const BUCKETS: usize = 128;
 const MAGIC: u32 = 0x5052_4b53; // "PRKS"
 pub const LAYOUT_VERSION: u32 = 3;
 
-/// `AddinShmemInitLock`: `&MainLWLockArray[21].lock` in PostgreSQL's lwlocknames.h.
-const ADDIN_SHMEM_INIT_LOCK: usize = 21;
+/// The named LWLock tranche (of one lock) that serialises the initialisation of the
+/// segment: requested by name instead of indexing `MainLWLockArray` with
+/// `AddinShmemInitLock`'s number, which is a macro bindgen cannot see and whose position
+/// is PostgreSQL's to change.
+const LOCK_TRANCHE: &std::ffi::CStr = c"pg_rerank";
 
 /// A state machine stored in an `AtomicU32`.
 pub trait StateCode: Copy + PartialEq {
@@ -392,18 +395,20 @@ unsafe extern "C-unwind" fn request_hook() {
             prev();
         }
         pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
+        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 1);
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn startup_hook() {
     // SAFETY: called by Postgres once shared memory exists; the segment we get has the
-    // size we requested, and AddinShmemInitLock serialises its initialisation.
+    // size we requested, and the lock of our named tranche (requested in request_hook,
+    // allocated before this hook runs) serialises its initialisation.
     unsafe {
         if let Some(prev) = PREV_STARTUP_HOOK {
             prev();
         }
-        let lock = &raw mut (*pg_sys::MainLWLockArray.add(ADDIN_SHMEM_INIT_LOCK)).lock;
+        let lock = &raw mut (*pg_sys::GetNamedLWLockTranche(LOCK_TRANCHE.as_ptr())).lock;
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
         let size = std::mem::size_of::<Shared>();
@@ -478,9 +483,21 @@ pub fn wake(procno: i32) {
 
 /// This process's PGPROC number and pid.
 pub fn my_proc() -> (i32, i32) {
-    // SAFETY: MyProc is set for every backend, background worker and parallel worker
-    // before any of our code runs; reading it is a plain load.
-    unsafe { ((*pg_sys::MyProc).pgprocno, pg_sys::MyProcPid) }
+    // PostgreSQL 17 replaced PGPROC's pgprocno by the global MyProcNumber (the same
+    // index into ProcGlobal->allProcs).
+    #[cfg(feature = "pg15")]
+    let procno = {
+        // SAFETY: MyProc is set for every backend, background worker and parallel worker
+        // before any of our code runs; reading it is a plain load.
+        unsafe { (*pg_sys::MyProc).pgprocno }
+    };
+    #[cfg(not(feature = "pg15"))]
+    let procno = {
+        // SAFETY: MyProcNumber is set together with MyProc, before any of our code runs.
+        unsafe { pg_sys::MyProcNumber }
+    };
+    // SAFETY: MyProcPid is set at process start; reading it is a plain load.
+    (procno, unsafe { pg_sys::MyProcPid })
 }
 
 impl Shared {
