@@ -5,12 +5,20 @@
 # pgvector and full-text candidates fused, the top 100 reranked by the cross-encoder.
 #   PG_RERANK_MODEL=name   use another model under the model directory
 #   PG_RERANK_MODEL_DIR=d  use your own model directory (e.g. an exported HF cross-encoder)
+#   PG_MAJOR=18 (or 17)    run it on that PostgreSQL (installed by scripts/setup.sh)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
 bash scripts/setup.sh
 STATE="$(state_dir)"
-CLUSTER="$STATE/demo-cluster"
-PORT="${PG_RERANK_DEMO_PORT:-54330}"
+if [ "$PG_MAJOR" = 15 ]; then
+    CLUSTER="$STATE/demo-cluster"
+    PORT="${PG_RERANK_DEMO_PORT:-54330}"
+else
+    # PG_MAJOR=18 (or 17): a cluster of its own, beside 15's.
+    CLUSTER="$STATE/demo-cluster-pg$PG_MAJOR"
+    PORT="${PG_RERANK_DEMO_PORT:-544$PG_MAJOR}"
+fi
+export PATH="$PG_BIN:$PATH"
 start_cluster "$CLUSTER" "$PORT"
 export PGHOST=127.0.0.1 PGPORT="$PORT" PGUSER=postgres
 psql -q -d postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'demo'" | grep -q 1 || psql -q -d postgres -c "CREATE DATABASE demo"
