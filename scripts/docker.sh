@@ -31,18 +31,7 @@ mkdir -p "$WORK"
 # log, with the seconds since the start.
 step() { log "[$(( $(date +%s) - START )) s] $*"; }
 
-# This machine's Debian mirror (lib.sh's debian_mirror) and its security mirror, if any.
-security_mirror() {
-    local m=""
-    if [ -r /etc/apt/sources.list.d/debian.sources ]; then
-        m="$(awk '/^URIs:/{print $2}' /etc/apt/sources.list.d/debian.sources | grep -m1 -- '-security' || true)"
-    fi
-    if [ -z "$m" ]; then
-        m="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-            | awk '$1=="deb" && /-security/{for(i=2;i<=NF;i++) if($i ~ /^[a-z]+:\/\//){print $i; exit}}' || true)"
-    fi
-    echo "$m"
-}
+# This machine's Debian mirror and its security mirror, if any (lib.sh).
 MIRROR="$(debian_mirror)"
 SECURITY_MIRROR="$(security_mirror)"
 

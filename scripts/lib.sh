@@ -26,19 +26,23 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # PostgreSQL refuses to run as root: as root, servers run as this unprivileged user.
 PG_RUNAS_USER="${PG_RERANK_RUNAS:-pgrerank}"
 
-# The Debian mirror this machine's apt already uses (deb822 sources first, then the
-# one-line sources.list), so source lists work behind a local mirror or proxy too.
-debian_mirror() {
-    local m=""
+# The archive URIs of this machine's apt sources, in order (deb822 sources first, then the
+# one-line sources.list), so source lists and images work behind a local mirror or proxy.
+apt_uris() {
     if [ -r /etc/apt/sources.list.d/debian.sources ]; then
-        m="$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)"
+        awk '/^URIs:/{for (i = 2; i <= NF; i++) print $i}' /etc/apt/sources.list.d/debian.sources
     fi
-    if [ -z "$m" ]; then
-        m="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-            | awk '$1=="deb"{for(i=2;i<=NF;i++) if($i ~ /^[a-z]+:\/\//){print $i; exit}}' || true)"
-    fi
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+        | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; break}}' || true
+}
+
+# The Debian mirror apt already uses, and its security archive ("" when there is none).
+debian_mirror() {
+    local m
+    m="$(apt_uris | grep -v -m1 -- '-security' || true)"
     echo "${m:-http://deb.debian.org/debian}"
 }
+security_mirror() { apt_uris | grep -m1 -- '-security' || true; }
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
