@@ -17,6 +17,25 @@ bash scripts/setup.sh --no-build
 STATE="$(state_dir)"
 MODELS="$(model_dir_for_server)"
 
+# The statically quantised int8 variant (scripts/quantize_static.py) that the engine and
+# worker tests check: built once per version of the script, under $STATE/static-int8/.
+build_static_int8() {
+    local dir
+    dir="$STATE/static-int8/$(sha256sum scripts/quantize_static.py | cut -c1-16)"
+    if [ ! -f "$dir/minilm-debian/model_int8s.onnx" ]; then
+        .venv/bin/python -c "import onnxruntime, tokenizers" 2>/dev/null \
+            || .venv/bin/pip install -q "onnxruntime==$ORT_VERSION" 'tokenizers==0.*'
+        log "statically quantising minilm-debian (scripts/quantize_static.py)"
+        rm -rf "$STATE/static-int8" && mkdir -p "$dir"
+        .venv/bin/python scripts/quantize_static.py "$MODELS/minilm-debian" "$dir/minilm-debian" --link \
+            --corpus "$SHARED/data/debian/corpus.jsonl" \
+            --exclude "$SHARED/data/debian/dev_reference.tsv" "$SHARED/data/debian/qrels_dev.tsv"
+        chmod -R a+rX "$STATE/static-int8"
+    fi
+    export PG_RERANK_STATIC_INT8_DIR="$dir"
+}
+build_static_int8
+
 if [ "$FULL" = 1 ]; then
     log "engine tests (cargo test)"
     cargo test -p pg_rerank_engine --release
