@@ -5,7 +5,7 @@
 #   PG_MAJOR=18 (or 17)  test against that PostgreSQL instead of 15: only the tiers that
 #                        depend on the server (cargo pgrx test, pg_regress, the worker
 #                        integration tests), on a cluster of its own (port 543NN)
-#   PG_RERANK_ALSO_TEST  the majors that a 15 run tests that way afterwards (default: 18)
+#   PG_RERANK_ALSO_TEST  the majors that a 15 run tests that way afterwards (default: "18 17")
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
 START=$(date +%s)
@@ -127,7 +127,7 @@ fi
 if [ "$FULL" = 1 ]; then
     stop_cluster "$CLUSTER"
     trap - EXIT
-    for major in ${PG_RERANK_ALSO_TEST-18}; do
+    for major in ${PG_RERANK_ALSO_TEST-18 17}; do
         log "PostgreSQL $major: in-database, pg_regress and worker integration tests"
         env -u PG_RERANK_TEST_PORT PG_MAJOR="$major" bash scripts/test.sh
     done
