@@ -12,7 +12,6 @@ from the same run.
 """
 import datetime
 import json
-import math
 import os
 import platform
 import sys
@@ -20,6 +19,8 @@ import time
 from pathlib import Path
 
 import psycopg
+
+import devset
 
 SHARED, DSN, OUT_JSON, OUT_PNG = sys.argv[1:5]
 QUERIES = int(sys.argv[5]) if len(sys.argv) > 5 else 50
@@ -35,34 +36,17 @@ for k in CUTS:
         "SELECT idx FROM rerank_cascade(%s, %s::text[], %s, %s, %s, raw => true)", (FAST, k, STRONG))
 
 
-def ndcg10(ranked, rel):
-    dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
-    ideal = sorted(rel.values(), reverse=True)[:10]
-    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-    return dcg / idcg if idcg else 0.0
-
-
 def load():
-    queries = {q["id"]: q["text"] for q in map(json.loads, open(DATA / "queries_dev.jsonl"))}
-    cands = {}
-    with open(DATA / "dev_reference.tsv") as f:
-        next(f)
-        for line in f:
-            q, d, rank, _ = line.rstrip("\n").split("\t")
-            cands.setdefault(q, []).append((int(rank), d))
-    wanted = {d for c in cands.values() for _, d in c}
+    cands = devset.reference(DATA)
+    wanted = {d for c in cands.values() for _, d, _ in c}
     texts = {}
     with open(DATA / "corpus.jsonl") as f:
         for doc in map(json.loads, f):
             if doc["id"] in wanted:
                 texts[doc["id"]] = doc["text"]
-    qrels = {}
-    with open(DATA / "qrels_dev.tsv") as f:
-        for line in f:
-            q, d, g = line.split()
-            qrels.setdefault(q, {})[d] = int(g)
+    queries, qrels = devset.queries(DATA), devset.qrels(DATA)
     qids = sorted(cands)[:QUERIES]
-    return [(queries[q], [d for _, d in sorted(cands[q])], qrels.get(q, {})) for q in qids], texts
+    return [(queries[q], [d for _, d, _ in cands[q]], qrels.get(q, {})) for q in qids], texts
 
 
 def main():
@@ -85,7 +69,7 @@ def main():
                     rows = conn.execute(sql, (q, docs, *extra)).fetchall()
                     seconds[n] += time.perf_counter() - t0
                     if r == 0:
-                        ndcg[n].append(ndcg10([ids[idx - 1] for (idx,) in rows], rel))
+                        ndcg[n].append(devset.ndcg10([ids[idx - 1] for (idx,) in rows], rel))
     calls = ROUNDS * len(items)
     out = {}
     for n in names:

@@ -34,6 +34,8 @@ import onnxruntime as ort
 import psycopg
 from tokenizers import Tokenizer
 
+import devset
+
 SHARED, DSN, ENGINE, OUT_JSON, OUT_PNG = sys.argv[1:6]
 QUERIES = int(sys.argv[6]) if len(sys.argv) > 6 else 5
 REPEAT = int(sys.argv[7]) if len(sys.argv) > 7 else 1
@@ -45,16 +47,9 @@ DATA = Path(SHARED) / "data" / "debian"
 def inputs():
     """[(query, docs)] and the reference logits of each call's pairs."""
     corpus = {d["id"]: d["text"] for d in map(json.loads, open(DATA / "corpus.jsonl"))}
-    qtext = {q["id"]: q["text"] for q in map(json.loads, open(DATA / "queries_dev.jsonl"))}
-    cands = {}
-    with open(DATA / "dev_reference.tsv") as f:
-        next(f)
-        for line in f:
-            q, d, rank, logit = line.rstrip("\n").split("\t")
-            cands.setdefault(q, []).append((int(rank), d, float(logit)))
+    qtext = devset.queries(DATA)
     calls, logits = [], []
-    for q, c in list(cands.items())[:QUERIES]:
-        c.sort()
+    for q, c in list(devset.reference(DATA).items())[:QUERIES]:
         calls.append((qtext[q], [corpus[d] for _, d, _ in c]))
         logits.append([x for _, _, x in c])
     return calls, logits

@@ -45,6 +45,9 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
+import devset
+from devset import ndcg10
+
 SHARED, DSN, OUT_JSON, OUT_PNG = sys.argv[1:5]
 QUERIES = int(sys.argv[5]) if len(sys.argv) > 5 else 100
 TIMED = int(sys.argv[6]) if len(sys.argv) > 6 else 10
@@ -97,13 +100,6 @@ RERANK = """SELECT r.idx, r.score FROM rerank(%(q)s, (
     JOIN packages p ON p.id = c.id), raw => true) r"""
 
 
-def ndcg10(ranked, rel):
-    dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
-    ideal = sorted(rel.values(), reverse=True)[:10]
-    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-    return dcg / idcg if idcg else 0.0
-
-
 def timed(conn, sql, params):
     t0 = time.perf_counter()
     rows = conn.execute(sql, params).fetchall()
@@ -151,10 +147,7 @@ def bootstrap_diff(a, b, rounds=2000, seed=0):
 
 def main():
     queries = [json.loads(line) for line in open(DATA / "queries_dev.jsonl")][:QUERIES]
-    qrels = {}
-    for line in open(DATA / "qrels_dev.tsv"):
-        qid, did, g = line.split()
-        qrels.setdefault(qid, {})[did] = int(g)
+    qrels = devset.qrels(DATA)
     per = {name: {"first": [], "after": [], "hit": [], "recall": [], "pairs": [], "first_ms": []} for name in RECIPES}
     rerank_ms = {name: [] for name in RECIPES}
     check = {"queries": 0, "top10_equal": 0, "max_abs_logit_diff": 0.0}

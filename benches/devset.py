@@ -1,0 +1,43 @@
+"""The dev set in shared/data/debian as the benchmarks read it: query texts, graded
+relevance, the reference candidates, and NDCG@10. Imported by the benchmark scripts,
+which run from benches/ (`python benches/x.py`)."""
+import json
+import math
+
+
+def queries(data):
+    """{query id: text}."""
+    with open(data / "queries_dev.jsonl") as f:
+        return {q["id"]: q["text"] for q in map(json.loads, f)}
+
+
+def qrels(data):
+    """{query id: {doc id: grade}}."""
+    rel = {}
+    with open(data / "qrels_dev.tsv") as f:
+        for line in f:
+            qid, did, g = line.split()
+            rel.setdefault(qid, {})[did] = int(g)
+    return rel
+
+
+def reference(data):
+    """{query id: [(first-stage rank, doc id, reference logit)] best first}, queries in
+    file order (dev_reference.tsv: 100 first-stage candidates of 50 queries)."""
+    cands = {}
+    with open(data / "dev_reference.tsv") as f:
+        next(f)
+        for line in f:
+            q, d, rank, logit = line.rstrip("\n").split("\t")
+            cands.setdefault(q, []).append((int(rank), d, float(logit)))
+    for c in cands.values():
+        c.sort()
+    return cands
+
+
+def ndcg10(ranked, rel):
+    """NDCG@10 of doc ids in ranked order against {doc id: grade}."""
+    dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
+    ideal = sorted(rel.values(), reverse=True)[:10]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
