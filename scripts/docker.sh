@@ -95,23 +95,13 @@ EOF
 }
 
 # pgvector for PostgreSQL 15 from Debian trixie's source package, installed into a staging
-# tree (kept in $WORK for the next build); apt lists of its own: /etc/apt stays untouched.
+# tree (kept in $WORK for the next build), fetched by lib.sh's fetch_debian_source.
 build_pgvector() {
     local dest="$WORK/pgvector"
     if [ -f "$dest/usr/lib/postgresql/15/lib/vector.so" ]; then return; fi
     step "building pgvector for the image (Debian trixie's source package)"
     local work; work="$(mktemp -d)"
-    mkdir -p "$work/lists/partial"
-    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR trixie main" > "$work/src.list"
-    local opts=(-o "Dir::Etc::SourceList=$work/src.list" -o Dir::Etc::SourceParts=/dev/null
-                -o "Dir::State::Lists=$work/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
-                -o APT::Sandbox::User=root)
-    apt-get "${opts[@]}" update -q >/dev/null
-    (cd "$work" && apt-get "${opts[@]}" source --download-only pgvector >/dev/null)
-    # (apt checked the .dsc against the signed Release file: dpkg-source's warning that it
-    # cannot check the uploader's signature goes to the log)
-    dpkg-source -x "$work"/pgvector_*.dsc "$work/src" >"$WORK/pgvector.log" 2>&1 \
-        || { cat "$WORK/pgvector.log" >&2; exit 1; }
+    fetch_debian_source trixie pgvector "$work/src"
     make -C "$work/src" PG_CONFIG="$PG_CONFIG" -j2 >/dev/null
     rm -rf "$dest"
     make -C "$work/src" PG_CONFIG="$PG_CONFIG" install DESTDIR="$dest.tmp" >/dev/null

@@ -44,6 +44,35 @@ debian_mirror() {
 }
 security_mirror() { apt_uris | grep -m1 -- '-security' || true; }
 
+# Downloads and unpacks Debian source package $2 of suite $1 into directory $3, through
+# a private apt list directory: /etc/apt stays untouched. Further arguments go to
+# dpkg-source -x.
+fetch_debian_source() {
+    local suite="$1" pkg="$2" dest="$3" work
+    shift 3
+    work="$(mktemp -d)"
+    mkdir -p "$work/lists/partial"
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(debian_mirror) $suite main" > "$work/src.list"
+    local opts=(-o "Dir::Etc::SourceList=$work/src.list" -o Dir::Etc::SourceParts=/dev/null
+                -o "Dir::State::Lists=$work/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
+                -o APT::Sandbox::User=root)
+    # Explicit returns: callers may test the result, where set -e does not apply.
+    if ! apt-get "${opts[@]}" update -q >/dev/null \
+        || ! (cd "$work" && apt-get "${opts[@]}" source --download-only "$pkg" >/dev/null); then
+        rm -rf "$work"
+        return 1
+    fi
+    rm -rf "$dest"
+    # apt checked the .dsc against the signed Release file: dpkg-source's warning that it
+    # cannot check the uploader's signature is shown only when unpacking fails.
+    if ! dpkg-source "$@" -x "$work/${pkg}"_*.dsc "$dest" >"$work/unpack.log" 2>&1; then
+        cat "$work/unpack.log" >&2
+        rm -rf "$work"
+        return 1
+    fi
+    rm -rf "$work"
+}
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }

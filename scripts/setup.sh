@@ -15,29 +15,6 @@ install_packages() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 }
 
-# Downloads and unpacks Debian source package $2 of suite $1 into directory $3, through
-# a private apt list directory: /etc/apt stays untouched. Further arguments go to
-# dpkg-source -x.
-fetch_debian_source() {
-    local suite="$1" pkg="$2" dest="$3" work
-    shift 3
-    work="$(mktemp -d)"
-    mkdir -p "$work/lists/partial"
-    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(debian_mirror) $suite main" > "$work/src.list"
-    local opts=(-o "Dir::Etc::SourceList=$work/src.list" -o Dir::Etc::SourceParts=/dev/null
-                -o "Dir::State::Lists=$work/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
-                -o APT::Sandbox::User=root)
-    # Explicit returns: callers may test the result, where set -e does not apply.
-    if ! apt-get "${opts[@]}" update -q >/dev/null \
-        || ! (cd "$work" && apt-get "${opts[@]}" source --download-only "$pkg" >/dev/null); then
-        rm -rf "$work"
-        return 1
-    fi
-    rm -rf "$dest"
-    dpkg-source "$@" -x "$work/${pkg}"_*.dsc "$dest" >/dev/null || { rm -rf "$work"; return 1; }
-    rm -rf "$work"
-}
-
 # PostgreSQL 17 and 18 have no bookworm package: they go into PG_PREFIX, once (a second
 # run finds PG_PREFIX/bin/pg_config of the right major and keeps it).
 install_postgres_prefix() {
