@@ -14,6 +14,7 @@ pub mod rank;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;
+pub mod score_cache;
 mod session;
 
 pub use batch::BatchLimits;
