@@ -54,3 +54,30 @@ pub fn engine(e: EngineError) -> ErrorReport {
     }
     r
 }
+
+/// An error when the SQL declaration of the running function returns another number of
+/// columns than this library gives: a declaration of an older version, between installing
+/// the new library and ALTER EXTENSION pg_rerank UPDATE. Postgres would read the library's
+/// values by the declared columns' types, which can crash the server.
+pub fn check_columns(fcinfo: pgrx::pg_sys::FunctionCallInfo, columns: usize, function: &str) -> SqlResult<()> {
+    use pgrx::pg_sys;
+    let mut tupdesc: pg_sys::TupleDesc = std::ptr::null_mut();
+    // SAFETY: fcinfo is the live call's, handed over by pgrx's wrapper; get_call_result_type
+    // only reads it and the catalogs, and the tuple descriptor it gives is read at once.
+    let declared = unsafe {
+        let class = pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut tupdesc);
+        if class != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE || tupdesc.is_null() {
+            return Ok(());
+        }
+        (*tupdesc).natts as usize
+    };
+    if declared == columns {
+        return Ok(());
+    }
+    Err(report(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("the SQL declaration of {function}() is from another version of pg_rerank"),
+    )
+    .set_detail(format!("It returns {declared} columns; the installed library returns {columns}."))
+    .set_hint("Run ALTER EXTENSION pg_rerank UPDATE in this database."))
+}

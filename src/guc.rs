@@ -110,12 +110,19 @@ static MAX_CHUNKS: GucSetting<i32> = GucSetting::<i32>::new(16);
 /// Tokens a window rereads of the one before it, when it goes on in the same paragraph.
 static CHUNK_OVERLAP: GucSetting<i32> = GucSetting::<i32>::new(64);
 
+/// Shared memory for the score cache, in kB (0: no cache). Server start when preloaded:
+/// the table is made once, when the server starts (without preload there is no cache).
+static CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+
+/// Whether this session's calls read and fill the score cache.
+static CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Where `scripts/setup.sh` installs the library.
 const DEFAULT_ORT: &CStr = c"/usr/local/lib/onnxruntime/libonnxruntime.so.1.32.0";
 
 /// A server-start setting when the library is preloaded. Postgres allows no such setting
 /// to a library loaded later (it ends the session), so there it is the superuser's.
-fn onnxruntime_context() -> GucContext {
+fn server_start_context() -> GucContext {
     // SAFETY: a plain read of a flag Postgres sets while it loads preloaded libraries.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         GucContext::Postmaster
@@ -154,7 +161,7 @@ pub fn init() {
         c"Path of the ONNX Runtime shared library (libonnxruntime.so).",
         c"Set at server start; loaded once per server process, on the first call that needs a model.",
         &ONNXRUNTIME,
-        onnxruntime_context(),
+        server_start_context(),
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -327,6 +334,24 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_rerank.cache_size",
+        c"Shared memory for the background worker's score cache (0: no cache).",
+        c"Set at server start. Each cached score takes 33 bytes; the least recently used go first.",
+        &CACHE_SIZE,
+        0,
+        i32::MAX,
+        server_start_context(),
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_rerank.cache",
+        c"Whether this session's calls use the score cache.",
+        c"Only calls scored by the background worker use it; a cached score is the one the worker computed.",
+        &CACHE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init in the process's main thread, as Postgres expects.
     unsafe {
         pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_rerank".as_ptr());
@@ -429,4 +454,13 @@ pub fn chunk_options() -> pg_rerank_engine::ChunkOptions {
         max_chunks: MAX_CHUNKS.get().max(1) as usize,
         overlap: CHUNK_OVERLAP.get().max(0) as usize,
     }
+}
+
+/// Bytes of shared memory for the score cache.
+pub fn cache_size_bytes() -> usize {
+    usize::try_from(CACHE_SIZE.get().max(0)).unwrap_or(0) << 10
+}
+
+pub fn cache() -> bool {
+    CACHE.get()
 }

@@ -16,7 +16,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::UnsafeCell;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use pg_rerank_engine::score_cache::{self, ScoreCache};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 pub const SLOTS: usize = 1024;
 pub const MODELS: usize = 16;
@@ -29,7 +30,7 @@ const BUCKETS: usize = 128;
 /// use a segment it did not make (a server restart is needed after an upgrade anyway,
 /// since the library is preloaded).
 const MAGIC: u32 = 0x5052_4b53; // "PRKS"
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// The named LWLock tranche (of one lock) that serialises the initialisation of the
 /// segment: requested by name instead of indexing `MainLWLockArray` with
@@ -287,6 +288,10 @@ pub struct ModelStats {
     pub shared_batches: AtomicU64,
     pub errors: AtomicU64,
     pub cancelled: AtomicU64,
+    /// Documents answered from the score cache, and those it did not hold (counted by the
+    /// backends that asked).
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
     pub queue_wait_us: AtomicU64,
     /// From taking a request to its last score, tokenization included.
     pub inference_us: AtomicU64,
@@ -322,6 +327,8 @@ impl ModelStats {
             &self.shared_batches,
             &self.errors,
             &self.cancelled,
+            &self.cache_hits,
+            &self.cache_misses,
             &self.queue_wait_us,
             &self.inference_us,
             &self.tokenize_us,
@@ -364,6 +371,9 @@ pub struct Shared {
 unsafe impl Sync for Shared {}
 
 static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+/// The score cache's table (header, then its sets), when pg_rerank.cache_size > 0.
+static CACHE: AtomicPtr<score_cache::Header> = AtomicPtr::new(std::ptr::null_mut());
+static CACHE_SETS: AtomicUsize = AtomicUsize::new(0);
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
@@ -373,6 +383,29 @@ pub fn get() -> Option<&'static Shared> {
     // SAFETY: set once per shared-memory lifetime, in the postmaster before any fork (or
     // in this process's startup hook), to a segment that lives as long as the process.
     unsafe { p.as_ref() }
+}
+
+/// The score cache, when pg_rerank was preloaded with pg_rerank.cache_size > 0.
+pub fn cache() -> Option<ScoreCache<'static>> {
+    let header = CACHE.load(Ordering::Acquire);
+    let sets = CACHE_SETS.load(Ordering::Acquire);
+    if header.is_null() || sets == 0 {
+        return None;
+    }
+    // SAFETY: set once per shared-memory lifetime by the startup hook, to a table of
+    // `bytes_for(sets)` bytes it initialised: the header, then `sets` sets right after it
+    // (both 8-byte aligned: ShmemInitStruct gives MAXALIGN'd memory and the header's size
+    // is a multiple of 8). Every field of both is atomic.
+    let table = unsafe {
+        let first = header.add(1).cast::<score_cache::Set>();
+        (&*header, std::slice::from_raw_parts(first, sets))
+    };
+    ScoreCache::new(table.0, table.1)
+}
+
+/// Sets of the score cache that pg_rerank.cache_size pays for.
+fn cache_sets() -> usize {
+    score_cache::sets_for(crate::guc::cache_size_bytes())
 }
 
 /// Asks for the shared memory; called from `_PG_init` during shared_preload_libraries.
@@ -395,14 +428,18 @@ unsafe extern "C-unwind" fn request_hook() {
             prev();
         }
         pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
+        if cache_sets() > 0 {
+            pg_sys::RequestAddinShmemSpace(score_cache::bytes_for(cache_sets()));
+        }
         pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 1);
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn startup_hook() {
-    // SAFETY: called by Postgres once shared memory exists; the segment we get has the
-    // size we requested, and the lock of our named tranche (requested in request_hook,
+    // SAFETY: called by Postgres once shared memory exists; the segments we get have the
+    // sizes we requested (the score cache's from the same setting, which only changes at
+    // server start), and the lock of our named tranche (requested in request_hook,
     // allocated before this hook runs) serialises its initialisation.
     unsafe {
         if let Some(prev) = PREV_STARTUP_HOOK {
@@ -423,6 +460,19 @@ unsafe extern "C-unwind" fn startup_hook() {
                 m.device.store(-2, Ordering::Relaxed);
             }
         }
+        let sets = cache_sets();
+        let mut cache = std::ptr::null_mut();
+        if sets > 0 {
+            let size = score_cache::bytes_for(sets);
+            let mut found = false;
+            cache = pg_sys::ShmemInitStruct(c"pg_rerank score cache".as_ptr(), size, &mut found)
+                .cast::<score_cache::Header>();
+            if !found {
+                // All zero is a table of empty sets; init makes the header's epoch live.
+                std::ptr::write_bytes(cache.cast::<u8>(), 0, size);
+                (*cache).init(sets);
+            }
+        }
         pg_sys::LWLockRelease(lock);
         if (*p).magic != MAGIC || (*p).layout_version != LAYOUT_VERSION {
             warning!(
@@ -432,6 +482,8 @@ unsafe extern "C-unwind" fn startup_hook() {
             );
             return;
         }
+        CACHE_SETS.store(sets, Ordering::Release);
+        CACHE.store(cache, Ordering::Release);
         SHARED.store(p, Ordering::Release);
     }
 }

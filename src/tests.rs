@@ -140,6 +140,9 @@ mod tests {
         assert_eq!(show("pg_rerank.bulk_share"), "20");
         assert_eq!(show("pg_rerank.worker_memory"), "2GB");
         assert_eq!(show("pg_rerank.max_pairs"), "100000");
+        assert_eq!(show("pg_rerank.cache_size"), "16MB");
+        assert_eq!(show("pg_rerank.cache"), "on");
+        Spi::run("SET pg_rerank.cache = off").expect("any user may turn the cache off");
         Spi::run("SET pg_rerank.priority = bulk").expect("any user may lower a session's priority");
         Spi::run("SET pg_rerank.execution = backend").expect("set");
         Spi::run("SET pg_rerank.queue_timeout = '250ms'").expect("set");
@@ -154,6 +157,9 @@ mod tests {
         assert_eq!(state.as_deref(), Some("not preloaded"));
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM pg_rerank_stats").expect("spi"), Some(0));
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM pg_rerank_progress").expect("spi"), Some(0));
+        let capacity = Spi::get_one::<i64>("SELECT cache_capacity FROM pg_rerank_worker()").expect("spi");
+        assert_eq!(capacity, Some(0), "no shared memory, no score cache");
+        Spi::run("SELECT pg_rerank_cache_reset()").expect("a no-op without preload");
         let auto = rows("SELECT idx, score FROM rerank('chess', ARRAY['GNU Chess', 'zlib'])");
         Spi::run("SET pg_rerank.execution = backend").expect("set");
         let backend = rows("SELECT idx, score FROM rerank('chess', ARRAY['GNU Chess', 'zlib'])");

@@ -215,6 +215,10 @@ pub extern "C-unwind" fn pg_rerank_worker_main(_arg: pg_sys::Datum) {
         devices: HashMap::new(),
         last_reap: Instant::now(),
     };
+    // Models load afresh: what an earlier worker cached may come from other files.
+    if let Some(cache) = shmem::cache() {
+        cache.invalidate();
+    }
     // Slots an earlier worker left behind whose owners are gone or gave up.
     w.reap_all();
     w.preload();
@@ -341,6 +345,10 @@ impl Worker {
         // The old sessions go before the new ones load (a GPU may not hold both).
         self.finish_running(DRAIN_LIMIT);
         self.models.clear();
+        // The files may have changed: nothing cached is served until models load again.
+        if let Some(cache) = shmem::cache() {
+            cache.invalidate();
+        }
         self.failures.clear();
         self.devices.clear();
         self.models.set_budget(guc::worker_memory_bytes());
@@ -397,6 +405,12 @@ impl Worker {
         let result = self.load(&key.0, &key.1);
         match &result {
             Ok(m) => {
+                // Scores cached so far may come from other files than the ones just
+                // loaded (swapped on disk before a reload or an eviction): none of them
+                // is served again, and scores of requests read before this never enter.
+                if let Some(cache) = shmem::cache() {
+                    cache.invalidate();
+                }
                 let next = self.groups.len() as Group;
                 let group = *self.groups.entry(key.clone()).or_insert(next);
                 self.keys.insert(group, key.clone());

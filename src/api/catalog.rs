@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 /// ONNX file's path, and whether this backend has loaded it. Family, max_length and
 /// dimensions are NULL when the model's files do not say.
 #[pg_extern]
-fn rerank_models() -> Result<
+fn rerank_models(fcinfo: pgrx::pg_sys::FunctionCallInfo) -> Result<
     TableIterator<
         'static,
         (
@@ -27,6 +27,7 @@ fn rerank_models() -> Result<
     >,
     ErrorReport,
 > {
+    crate::error::check_columns(fcinfo, 7, "rerank_models")?;
     let root = models::model_dir()?;
     let rows: Vec<_> = registry::list(&root)
         .into_iter()

@@ -13,6 +13,7 @@ use crate::error::{engine, report, SqlResult};
 use crate::guc::{self, Execution, LongDocuments, PrioritySetting};
 use crate::models;
 use pg_rerank_engine::chunk;
+use pg_rerank_engine::score_cache::{Key, ScoreCache};
 use pg_rerank_engine::{Priority, ScoreOptions};
 use pgrx::PgSqlErrorCode;
 use std::sync::atomic::Ordering;
@@ -44,6 +45,8 @@ pub(crate) fn score(model: Option<&str>, query: &str, docs: &[&str], raw: bool) 
 /// when the session says pg_rerank.priority = bulk). Under pg_rerank.long_documents =
 /// chunk, a document longer than the model's window is scored in windows and gets the
 /// best window's score. Both check for query cancel and statement_timeout while they work.
+/// In the worker, the score cache answers the pairs it holds (unless the session SETs
+/// pg_rerank.cache = off); a backend scoring by itself has no cache.
 pub(crate) fn score_pairs(
     model: Option<&str>,
     pairs: &[(&str, &str)],
@@ -56,19 +59,80 @@ pub(crate) fn score_pairs(
         Execution::Worker => true,
         Execution::Auto => client::preloaded(),
     };
-    if guc::long_documents() == LongDocuments::Truncate {
-        return score_windows(&name, pairs, raw, class, in_worker);
+    match crate::shmem::cache().filter(|_| in_worker && guc::cache()) {
+        Some(cache) => score_cached(cache, &name, pairs, raw, class),
+        None => score_documents(&name, pairs, raw, class, in_worker),
     }
-    let splitter = models::splitter(&name)?;
+}
+
+/// Scores through the worker's score cache: the pairs it holds for this model and these
+/// settings come from it, the others are scored by the worker and then stored. The key is
+/// everything that decides a score: the model directory and name, `raw`, the long-document
+/// mode with its chunking settings, and the texts as they are sent.
+fn score_cached(
+    cache: ScoreCache<'static>,
+    name: &str,
+    pairs: &[(&str, &str)],
+    raw: bool,
+    class: Priority,
+) -> SqlResult<Vec<f32>> {
+    // Read before anything is scored: a model (re)loaded after this point empties the
+    // cache, and the scores computed here are then not stored.
+    let epoch = cache.epoch();
+    let dir = models::model_dir()?;
+    let settings = match guc::long_documents() {
+        LongDocuments::Truncate => format!("raw={raw} truncate"),
+        LongDocuments::Chunk => {
+            let c = guc::chunk_options();
+            format!("raw={raw} chunk max_chunks={} overlap={}", c.max_chunks, c.overlap)
+        }
+    };
+    let fixed = [dir.as_os_str().as_encoded_bytes(), name.as_bytes(), settings.as_bytes()];
+    let keys: Vec<Key> = pairs
+        .iter()
+        .map(|(q, d)| Key::new(&[&fixed[..], &[clip_text(q).as_bytes(), clip_text(d).as_bytes()]].concat()))
+        .collect();
+    let found: Vec<Option<f32>> = keys.iter().map(|k| cache.get(k)).collect();
+    let missing: Vec<usize> = (0..pairs.len()).filter(|&i| found[i].is_none()).collect();
+    let mut scores: Vec<f32> = found.into_iter().map(|s| s.unwrap_or(f32::NAN)).collect();
+    if !missing.is_empty() {
+        let asked: Vec<(&str, &str)> = missing.iter().map(|&i| pairs[i]).collect();
+        let got = score_documents(name, &asked, raw, class, true)?;
+        for (&i, s) in missing.iter().zip(got) {
+            scores[i] = s;
+            cache.insert(&keys[i], s, epoch);
+        }
+    }
+    // Counted once the worker has scored: a model's statistics entry appears when it loads.
+    if let Some(st) = crate::shmem::get().and_then(|sh| sh.find_stats(name)) {
+        st.cache_hits.fetch_add((pairs.len() - missing.len()) as u64, Ordering::Relaxed);
+        st.cache_misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
+    }
+    Ok(scores)
+}
+
+/// Scores the pairs in the worker or here, each document whole or by its best window as
+/// pg_rerank.long_documents says.
+fn score_documents(
+    name: &str,
+    pairs: &[(&str, &str)],
+    raw: bool,
+    class: Priority,
+    in_worker: bool,
+) -> SqlResult<Vec<f32>> {
+    if guc::long_documents() == LongDocuments::Truncate {
+        return score_windows(name, pairs, raw, class, in_worker);
+    }
+    let splitter = models::splitter(name)?;
     let clipped: Vec<(&str, &str)> = pairs.iter().map(|(q, d)| (clip_text(q), clip_text(d))).collect();
     let expanded = chunk::expand(&splitter, &clipped, guc::chunk_options(), &mut || {
         pgrx::check_for_interrupts!();
         Ok(())
     })
     .map_err(engine)?;
-    let scores = score_windows(&name, &expanded.pairs, raw, class, in_worker)?;
+    let scores = score_windows(name, &expanded.pairs, raw, class, in_worker)?;
     if expanded.split > 0 || expanded.truncated > 0 {
-        if let Some(st) = crate::shmem::get().filter(|_| in_worker).and_then(|sh| sh.find_stats(&name)) {
+        if let Some(st) = crate::shmem::get().filter(|_| in_worker).and_then(|sh| sh.find_stats(name)) {
             st.split_documents.fetch_add(expanded.split as u64, Ordering::Relaxed);
             st.windows.fetch_add((expanded.pairs.len() - pairs.len() + expanded.split) as u64, Ordering::Relaxed);
             // Documents with text beyond pg_rerank.max_chunks windows were not read whole.

@@ -1,8 +1,11 @@
 //! `pg_rerank_stats` (the view over `pg_rerank_model_stats()`), `pg_rerank_stats_reset()`
 //! and `pg_rerank_worker()`: what the background worker is doing.
 
+use crate::error::check_columns;
 use crate::guc;
 use crate::shmem::{self, SlotState};
+use pgrx::pg_sys::panic::ErrorReport;
+use pg_rerank_engine::score_cache::CacheCounts;
 use pgrx::prelude::*;
 use std::sync::atomic::Ordering;
 
@@ -19,8 +22,10 @@ fn device_name(code: i32) -> Option<String> {
 /// columns are upper bounds of histogram buckets 19% wide. `inference_*` runs from the
 /// worker taking a request to its last score, tokenization included; `tokenize_mean_ms`
 /// is the worker's tokenizing time per request (requests taken together share it).
+/// `cache_hits` and `cache_misses` count documents looked up in the score cache.
 #[pg_extern(volatile, parallel_safe)]
-fn pg_rerank_model_stats() -> TableIterator<
+fn pg_rerank_model_stats(fcinfo: pg_sys::FunctionCallInfo) -> Result<
+    TableIterator<
     'static,
     (
         name!(model, String),
@@ -46,9 +51,14 @@ fn pg_rerank_model_stats() -> TableIterator<
         name!(tokenize_mean_ms, Option<f64>),
         name!(errors, i64),
         name!(cancelled, i64),
+        name!(cache_hits, i64),
+        name!(cache_misses, i64),
     ),
+    >,
+    ErrorReport,
 > {
-    let Some(sh) = shmem::get() else { return TableIterator::new(Vec::new()) };
+    check_columns(fcinfo, 25, "pg_rerank_model_stats")?;
+    let Some(sh) = shmem::get() else { return Ok(TableIterator::new(Vec::new())) };
     let state = sh.worker_state.load().name().to_string();
     let mut rows = Vec::new();
     for m in &sh.models {
@@ -81,9 +91,20 @@ fn pg_rerank_model_stats() -> TableIterator<
             mean(get(&m.tokenize_us)),
             get(&m.errors),
             get(&m.cancelled),
+            get(&m.cache_hits),
+            get(&m.cache_misses),
         ));
     }
-    TableIterator::new(rows)
+    Ok(TableIterator::new(rows))
+}
+
+/// Empties the score cache (for every session at once). Reloading the configuration or
+/// the worker loading a model does the same.
+#[pg_extern(volatile)]
+fn pg_rerank_cache_reset() {
+    if let Some(cache) = shmem::cache() {
+        cache.invalidate();
+    }
 }
 
 /// Zeroes the worker's statistics (the models stay loaded).
@@ -97,9 +118,12 @@ fn pg_rerank_stats_reset() {
 /// The background worker: state (not started, starting, ready, stopped), pid, how many
 /// times it started and reloaded its configuration, the device setting, queued pairs, its
 /// model cache (models loaded, their estimated MB, load failures remembered), slots it
-/// reaped from owners that died without releasing them, and its last problem.
+/// reaped from owners that died without releasing them, the score cache (how many scores
+/// it holds at most, 0 without one; scores evicted to make room; times it was emptied),
+/// and its last problem.
 #[pg_extern(volatile, parallel_safe)]
-fn pg_rerank_worker() -> TableIterator<
+fn pg_rerank_worker(fcinfo: pg_sys::FunctionCallInfo) -> Result<
+    TableIterator<
     'static,
     (
         name!(state, String),
@@ -112,11 +136,17 @@ fn pg_rerank_worker() -> TableIterator<
         name!(models_mb, f64),
         name!(failures_cached, i32),
         name!(reaped_slots, i64),
+        name!(cache_capacity, i64),
+        name!(cache_evictions, i64),
+        name!(cache_invalidations, i64),
         name!(status, Option<String>),
     ),
+    >,
+    ErrorReport,
 > {
+    check_columns(fcinfo, 14, "pg_rerank_worker")?;
     let Some(sh) = shmem::get() else {
-        return TableIterator::once((
+        return Ok(TableIterator::once((
             "not preloaded".to_string(),
             None,
             0,
@@ -127,12 +157,17 @@ fn pg_rerank_worker() -> TableIterator<
             0.0,
             0,
             0,
+            0,
+            0,
+            0,
             Some("pg_rerank is not in shared_preload_libraries".to_string()),
-        ));
+        )));
     };
     let pid = sh.worker_pid.load(Ordering::Acquire);
     let status = sh.status();
-    TableIterator::once((
+    let cache = shmem::cache().map(|c| c.counts());
+    let count = |f: fn(&CacheCounts) -> u64| cache.as_ref().map_or(0, |c| f(c) as i64);
+    Ok(TableIterator::once((
         sh.worker_state.load().name().to_string(),
         (pid != 0).then_some(pid),
         sh.worker_starts.load(Ordering::Acquire) as i64,
@@ -143,8 +178,11 @@ fn pg_rerank_worker() -> TableIterator<
         sh.model_bytes.load(Ordering::Relaxed) as f64 / (1u64 << 20) as f64,
         sh.failures_cached.load(Ordering::Relaxed) as i32,
         sh.reaped.load(Ordering::Relaxed) as i64,
+        count(|c| c.capacity),
+        count(|c| c.evictions),
+        count(|c| c.invalidations),
         (!status.is_empty()).then_some(status),
-    ))
+    )))
 }
 
 /// One row per request waiting for or running in the background worker, like
@@ -152,7 +190,8 @@ fn pg_rerank_worker() -> TableIterator<
 /// queued or running, the pairs of the whole SQL call and how many are scored (a large
 /// call is sent in requests of 1,024 pairs), and when the request was queued and taken.
 #[pg_extern(volatile, parallel_safe)]
-fn pg_rerank_progress_raw() -> TableIterator<
+fn pg_rerank_progress_raw(fcinfo: pg_sys::FunctionCallInfo) -> Result<
+    TableIterator<
     'static,
     (
         name!(pid, i32),
@@ -164,8 +203,11 @@ fn pg_rerank_progress_raw() -> TableIterator<
         name!(queued_epoch, f64),
         name!(started_epoch, Option<f64>),
     ),
+    >,
+    ErrorReport,
 > {
-    let Some(sh) = shmem::get() else { return TableIterator::new(Vec::new()) };
+    check_columns(fcinfo, 8, "pg_rerank_progress_raw")?;
+    let Some(sh) = shmem::get() else { return Ok(TableIterator::new(Vec::new())) };
     let mut rows = Vec::new();
     for s in &sh.slots {
         let request = s.request.load(Ordering::Acquire);
@@ -191,7 +233,7 @@ fn pg_rerank_progress_raw() -> TableIterator<
             rows.push(row);
         }
     }
-    TableIterator::new(rows)
+    Ok(TableIterator::new(rows))
 }
 
 extension_sql!(
@@ -204,7 +246,8 @@ CREATE VIEW pg_rerank_progress AS
     FROM pg_rerank_progress_raw();
 COMMENT ON VIEW pg_rerank_progress IS 'Requests waiting for or running in the pg_rerank background worker';
 REVOKE EXECUTE ON FUNCTION pg_rerank_stats_reset() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_rerank_cache_reset() FROM PUBLIC;
 "#,
     name = "stats_view",
-    requires = [pg_rerank_model_stats, pg_rerank_stats_reset, pg_rerank_progress_raw]
+    requires = [pg_rerank_model_stats, pg_rerank_stats_reset, pg_rerank_cache_reset, pg_rerank_progress_raw]
 );

@@ -2,7 +2,10 @@
 pgvector and pg_rerank, the shared Debian corpus loaded by scripts/load_corpus.py."""
 import json
 import os
+import pwd
 import shutil
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -138,3 +141,32 @@ def put_model(root, name, source):
     os.system(f"chmod -R a+rwX {root}")
 
 
+# Helpers of the tests that start a second server beside the test cluster.
+
+def free_port(start=54332):
+    for port in range(start, start + 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no free port for a second server")
+
+
+def primary_server(conn):
+    """The test server's binaries (those of its running postmaster) and the OS user owning it."""
+    data = Path(conn.execute("SHOW data_directory").fetchone()[0])
+    owner = pwd.getpwuid(data.stat().st_uid).pw_name
+    pid = int((data / "postmaster.pid").read_text().split("\n")[0])
+    bindir = Path(os.readlink(f"/proc/{pid}/exe")).parent
+    assert (bindir / "pg_basebackup").is_file(), bindir
+    return bindir, owner
+
+
+def run(cmd, owner, **kw):
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", owner, "--", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw)
+    assert out.returncode == 0, f"{cmd} exited {out.returncode}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
+    return out

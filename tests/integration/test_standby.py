@@ -5,9 +5,7 @@ standby preloads pg_rerank and runs its own worker. rerank() in worker mode, rer
 and embed() on the standby give the primary's results. The standby is stopped and removed
 afterwards, also when a test fails."""
 import os
-import pwd
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,38 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import stats, wait_for, worker
+from conftest import free_port, primary_server, run, stats, wait_for, worker
 
 STATE = Path(os.environ.get("PG_RERANK_STATE", "/tmp"))
-
-
-def free_port(start=54332):
-    for port in range(start, start + 100):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.fail("no free port for the standby")
-
-
-def primary_server(conn):
-    """The primary's binaries (those of its running postmaster) and the OS user owning it."""
-    data = Path(conn.execute("SHOW data_directory").fetchone()[0])
-    owner = pwd.getpwuid(data.stat().st_uid).pw_name
-    pid = int((data / "postmaster.pid").read_text().split("\n")[0])
-    bindir = Path(os.readlink(f"/proc/{pid}/exe")).parent
-    assert (bindir / "pg_basebackup").is_file(), bindir
-    return bindir, owner
-
-
-def run(cmd, owner, **kw):
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", owner, "--", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw)
-    assert out.returncode == 0, f"{cmd} exited {out.returncode}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import psycopg
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PREVIOUS = "0.1.0"
+# Every released version, oldest first: each is installed and updated to the current one.
+PREVIOUS = ("0.1.0", "0.2.0")
 
 # Everything the extension owns, described by what a user can observe: signatures with
 # argument names and defaults, results, volatility, strictness, parallel safety, the C
@@ -62,26 +63,41 @@ def databases(dsn):
 def test_every_version_has_an_upgrade_path(conn):
     versions = {r[0] for r in conn.execute(
         "SELECT version FROM pg_available_extension_versions WHERE name = 'pg_rerank'")}
-    assert PREVIOUS in versions, (
-        f"pg_rerank--{PREVIOUS}.sql is not installed: scripts/setup.sh installs the frozen "
-        "install scripts of sql/")
     assert current_version() in versions
-    path = conn.execute(
-        "SELECT path FROM pg_extension_update_paths('pg_rerank') WHERE source = %s AND target = %s",
-        (PREVIOUS, current_version())).fetchone()
-    assert path and path[0] == f"{PREVIOUS}--{current_version()}"
+    chain = [*PREVIOUS, current_version()]
+    for i, previous in enumerate(PREVIOUS):
+        assert previous in versions, (
+            f"pg_rerank--{previous}.sql is not installed: scripts/setup.sh installs the frozen "
+            "install scripts of sql/")
+        path = conn.execute(
+            "SELECT path FROM pg_extension_update_paths('pg_rerank') WHERE source = %s AND target = %s",
+            (previous, current_version())).fetchone()
+        assert path and path[0] == "--".join(chain[i:])
 
 
-def test_an_update_gives_what_a_fresh_install_gives(databases):
+@pytest.mark.parametrize("previous", PREVIOUS)
+def test_an_update_gives_what_a_fresh_install_gives(databases, previous):
     with psycopg.connect(databases["pg_rerank_upgraded"], autocommit=True) as old:
-        old.execute(f"CREATE EXTENSION pg_rerank VERSION '{PREVIOUS}'")
+        old.execute("DROP EXTENSION IF EXISTS pg_rerank")
+        old.execute(f"CREATE EXTENSION pg_rerank VERSION '{previous}'")
         # Between installing the new library and the update, the previous version's
         # functions run on the new library where their arguments did not change; where
-        # they did (rerank gained min_score), the call is an error, never a crash.
+        # they did, the call is an error, never a crash.
         q, doc = "lossless compression library", "zlib implements the deflate compression method"
         assert old.execute("SELECT rerank_score(%s, %s, 'minilm-debian')", (q, doc)).fetchone()[0] > 0.2
-        with pytest.raises(psycopg.errors.InternalError_, match="min_score"):
-            old.execute("SELECT * FROM rerank(%s, ARRAY[%s], 'minilm-debian')", (q, doc))
+        if previous == "0.1.0":  # rerank gained min_score in 0.2.0
+            with pytest.raises(psycopg.errors.InternalError_, match="min_score"):
+                old.execute("SELECT * FROM rerank(%s, ARRAY[%s], 'minilm-debian')", (q, doc))
+        else:
+            assert [r[0] for r in old.execute(
+                "SELECT idx FROM rerank(%s, ARRAY[%s], 'minilm-debian')", (q, doc))] == [1]
+        # Functions whose result columns changed refuse to run under the old declaration
+        # (Postgres would read the new values by the old columns' types and crash).
+        changed = ["pg_rerank_worker()", "pg_rerank_stats"] + (["rerank_models()"] if previous == "0.1.0" else [])
+        for source in changed:
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+                old.execute(f"SELECT * FROM {source}")
+            assert "ALTER EXTENSION pg_rerank UPDATE" in e.value.diag.message_hint
         assert old.execute("SELECT 1").fetchone() == (1,)
         before = old.execute(CATALOG).fetchall()
         old.execute("ALTER EXTENSION pg_rerank UPDATE")
@@ -89,7 +105,7 @@ def test_an_update_gives_what_a_fresh_install_gives(databases):
             "SELECT extversion FROM pg_extension WHERE extname = 'pg_rerank'").fetchone()[0]
         upgraded = old.execute(CATALOG).fetchall()
     with psycopg.connect(databases["pg_rerank_fresh"], autocommit=True) as new:
-        new.execute("CREATE EXTENSION pg_rerank")
+        new.execute("CREATE EXTENSION IF NOT EXISTS pg_rerank")
         fresh = new.execute(CATALOG).fetchall()
 
     assert version == current_version()
@@ -130,6 +146,9 @@ def test_every_function_works_after_the_update(databases):
         assert c.execute("SELECT count(*) FROM pg_rerank_stats WHERE model = 'minilm-debian'").fetchone()[0] == 1
         c.execute("SELECT count(*) FROM pg_rerank_progress").fetchone()
         c.execute("SELECT pg_rerank_stats_reset()")
+        c.execute("SELECT pg_rerank_cache_reset()")
+        assert c.execute("SELECT cache_capacity > 0 FROM pg_rerank_worker()").fetchone()[0]
+        assert c.execute("SELECT cache_hits FROM pg_rerank_stats WHERE model = 'minilm-debian'").fetchone()[0] >= 0
 
 
 def test_drop_extension_leaves_the_server_wide_worker_running(conn, databases):

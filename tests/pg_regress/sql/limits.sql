@@ -26,13 +26,17 @@ SELECT pg_temp.err($$SET pg_rerank.worker_memory = '100GB'$$);
 SELECT pg_temp.err($$SET pg_rerank.max_queued_pairs = 10000000$$);
 SELECT pg_temp.err($$SET pg_rerank.bulk_share = 100$$);
 SELECT pg_temp.err($$SET pg_rerank.onnxruntime = '/tmp/lib.so'$$);
--- A user may lower a session's priority, choose a model and a queue timeout.
+SELECT pg_temp.err($$SET pg_rerank.cache_size = '1GB'$$);
+-- A user may lower a session's priority, choose a model and a queue timeout, and turn
+-- the score cache off.
 SELECT pg_temp.err($$SET pg_rerank.priority = bulk$$);
 SELECT pg_temp.err($$SET pg_rerank.priority = interactive$$);
 SELECT pg_temp.err($$SET pg_rerank.model = 'tiny/bert'$$);
 SELECT pg_temp.err($$SET pg_rerank.queue_timeout = '1s'$$);
--- pg_rerank_stats_reset() is the superuser's.
+SELECT pg_temp.err($$SET pg_rerank.cache = off$$);
+-- pg_rerank_stats_reset() and pg_rerank_cache_reset() are the superuser's.
 SELECT pg_temp.err($$SELECT pg_rerank_stats_reset()$$);
+SELECT pg_temp.err($$SELECT pg_rerank_cache_reset()$$);
 RESET ROLE;
 DROP OWNED BY rerank_limits_user;
 DROP ROLE rerank_limits_user;
