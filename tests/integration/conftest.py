@@ -26,6 +26,19 @@ def dsn():
     return DSN
 
 
+@pytest.fixture(scope="module")
+def no_score_cache():
+    """Every connection of the module (libpq reads PGOPTIONS) with the score cache off: the
+    module tests the worker's own work, and it scores the same documents again."""
+    before = os.environ.get("PGOPTIONS")
+    os.environ["PGOPTIONS"] = f"{before or ''} -c pg_rerank.cache=off".strip()
+    yield
+    if before is None:
+        del os.environ["PGOPTIONS"]
+    else:
+        os.environ["PGOPTIONS"] = before
+
+
 @pytest.fixture()
 def conn(dsn):
     with psycopg.connect(dsn, autocommit=True) as c:

@@ -14,6 +14,9 @@ from psycopg import errors
 
 from conftest import SHARED
 
+# The score cache would answer documents these tests score again.
+pytestmark = pytest.mark.usefixtures("no_score_cache")
+
 QUERY = "SELECT array_agg(idx ORDER BY idx), array_agg(score ORDER BY idx) FROM rerank(%s, %s)"
 
 

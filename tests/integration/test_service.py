@@ -19,8 +19,10 @@ from conftest import in_thread, put_model, reload, sample, stats, wait_for, work
 @pytest.fixture(scope="module")
 def dsn(dsn):
     """These tests count pairs and requests: documents are read up to the model's window
-    (pg_rerank.long_documents = truncate), one pair each; test_long.py covers windows."""
-    return dsn + " options='-c pg_rerank.long_documents=truncate'"
+    (pg_rerank.long_documents = truncate), one pair each, and the score cache, which would
+    answer documents scored again, is off (test_long.py covers windows, test_cache.py the
+    cache)."""
+    return dsn + " options='-c pg_rerank.long_documents=truncate -c pg_rerank.cache=off'"
 
 
 def progress(conn):

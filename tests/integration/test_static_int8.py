@@ -12,6 +12,9 @@ import pytest
 
 from conftest import sample, stats
 
+# The score cache would answer documents these tests score again.
+pytestmark = pytest.mark.usefixtures("no_score_cache")
+
 STATIC = "minilm-debian:int8s"
 QUERY = "SELECT array_agg(score ORDER BY idx) FROM rerank(%s, %s, model => %s, raw => true)"
 
