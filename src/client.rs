@@ -165,16 +165,28 @@ pub struct CallProgress {
     pub done: u64,
 }
 
-/// Scores (query, document) pairs with `model` in the background worker, as one request.
+/// Scores (query, document) pairs with `model` in the background worker, as one request;
+/// `instruction` replaces an LLM reranker's own.
 pub fn score(
     model: &str,
+    instruction: Option<&str>,
     pairs: &[(&str, &str)],
     raw: bool,
     priority: Priority,
     call: CallProgress,
 ) -> SqlResult<(Vec<f32>, ScoreStats)> {
     let dir = crate::models::model_dir()?;
-    send(&dir.to_string_lossy(), model, pairs, wire::Kind::Score { raw }, priority, call, wire::read_response)
+    let target = Target { dir: &dir.to_string_lossy(), model, instruction };
+    send(target, pairs, wire::Kind::Score { raw }, priority, call, wire::read_response)
+}
+
+/// Which model a request is for: the session's model directory, the name, and the
+/// instruction for an LLM reranker (None: the model's own).
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    dir: &'a str,
+    model: &'a str,
+    instruction: Option<&'a str>,
 }
 
 /// Width of each model's vectors, as the worker last said: (model directory, model name).
@@ -198,8 +210,8 @@ pub fn embed(
     let mut width = known.unwrap_or_else(|| crate::models::stated_dim(&dir, model).unwrap_or(0));
     // A model replaced by a wider one between two tries asks once more; more is a bug.
     for _ in 0..3 {
-        let embedded =
-            send(&key.0, model, &pairs, wire::Kind::Embed { kind, width }, priority, call, wire::read_embedded)?;
+        let target = Target { dir: &key.0, model, instruction: None };
+        let embedded = send(target, &pairs, wire::Kind::Embed { kind, width }, priority, call, wire::read_embedded)?;
         match embedded {
             wire::Embedded::Vectors(v, stats) => {
                 if let Some(dim) = v.first().map(Vec::len) {
@@ -215,8 +227,7 @@ pub fn embed(
 
 /// Sends one request of `kind` to the worker, waits for it, and reads the answer with `read`.
 fn send<T>(
-    dir: &str,
-    model: &str,
+    Target { dir, model, instruction }: Target<'_>,
     pairs: &[(&str, &str)],
     kind: wire::Kind,
     priority: Priority,
@@ -230,7 +241,7 @@ fn send<T>(
     let ticket = admit(sh, n as u64)?;
     let slot = &sh.slots[ticket.slot];
 
-    let size = wire::size(kind, dir, model, pairs);
+    let size = wire::size(kind, dir, model, instruction, pairs);
     // SAFETY: dsm_create raises an error rather than return null (flags 0); the segment is
     // owned by the current resource owner, so an error before we detach frees it. Its
     // mapping is `size` bytes, page-aligned.
@@ -241,7 +252,8 @@ fn send<T>(
     let request = sh.next_request.fetch_add(1, Ordering::AcqRel) + 1;
     // SAFETY: the segment is ours alone until the slot is queued below; this borrow ends
     // before that.
-    wire::write_request(unsafe { std::slice::from_raw_parts_mut(addr, size) }, request, kind, dir, model, pairs);
+    let segment = unsafe { std::slice::from_raw_parts_mut(addr, size) };
+    wire::write_request(segment, request, kind, dir, model, instruction, pairs);
 
     slot.set_model(model);
     // SAFETY: seg is the live segment created above.

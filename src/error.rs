@@ -40,6 +40,10 @@ pub fn engine(e: EngineError) -> ErrorReport {
             ERRCODE_WRONG_OBJECT_TYPE,
             Some("rerank() and the other rerank functions take cross-encoders, embed() and embed_batch() take bi-encoders; SELECT name, kind FROM rerank_models() lists them."),
         ),
+        ErrorKind::NoInstruction => (
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            Some("Only instruction-following rerankers (a reranker_prompt.json beside the model) take an instruction; pass NULL for other models."),
+        ),
         ErrorKind::Device => (
             ERRCODE_CONFIG_FILE_ERROR,
             Some("Set pg_rerank.device = cpu or pg_rerank.device_fallback = on and reload, or install the GPU runtime (README.md, \"GPU\"), point pg_rerank.onnxruntime at it and restart."),

@@ -4,13 +4,14 @@
 //! reader.
 //!
 //! ```text
-//! Header (88 bytes, below)
+//! Header (96 bytes, below)
 //! output       pairs x width f32, padded to 8 bytes: a score per pair (width 1), or an
 //!              embedding per text (width: the room the backend reserved for each)
 //! index        pairs x PairIndex (offsets of each pair's query and document)
 //! error text   ERROR_TEXT bytes: message, then detail
-//! texts        model directory, model name, then each query once for a run of pairs
-//!              that share it, followed by the documents of that run
+//! texts        model directory, model name, the instruction (LLM rerankers; none: empty
+//!              and no INSTRUCTION flag), then each query once for a run of pairs that
+//!              share it, followed by the documents of that run
 //! ```
 //!
 //! An embedding request carries its texts as pairs with an empty query. The backend does
@@ -25,13 +26,14 @@ use pg_rerank_engine::{EngineError, ErrorKind, ScoreStats, TextKind};
 
 const MAGIC: u32 = 0x5052_4b31;
 /// Bumped with every change of the layout.
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 const ERROR_TEXT: usize = 4096;
 
 /// Header flags.
 const RAW: u32 = 1;
 const EMBED: u32 = 2;
 const DOCUMENT: u32 = 4;
+const INSTRUCTION: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -89,6 +91,8 @@ struct Header {
     flags: u32,
     dir_len: u32,
     model_len: u32,
+    instruction_len: u32,
+    _reserved: u32,
     status: u32,
     error_kind: u32,
     message_len: u32,
@@ -169,17 +173,26 @@ fn new_query(pairs: &[(&str, &str)], i: usize) -> bool {
 }
 
 /// Bytes a request needs.
-pub fn size(kind: Kind, dir: &str, model: &str, pairs: &[(&str, &str)]) -> usize {
+pub fn size(kind: Kind, dir: &str, model: &str, instruction: Option<&str>, pairs: &[(&str, &str)]) -> usize {
     let queries: usize = (0..pairs.len()).filter(|&i| new_query(pairs, i)).map(|i| pairs[i].0.len()).sum();
     Layout { n: pairs.len(), width: kind.width() }.texts()
         + dir.len()
         + model.len()
+        + instruction.map_or(0, str::len)
         + queries
         + pairs.iter().map(|(_, d)| d.len()).sum::<usize>()
 }
 
 /// Writes a request into `b` (exactly `size(...)` bytes, 8-byte aligned).
-pub fn write_request(b: &mut [u8], request: u64, kind: Kind, dir: &str, model: &str, pairs: &[(&str, &str)]) {
+pub fn write_request(
+    b: &mut [u8],
+    request: u64,
+    kind: Kind,
+    dir: &str,
+    model: &str,
+    instruction: Option<&str>,
+    pairs: &[(&str, &str)],
+) {
     let n = pairs.len();
     let l = Layout { n, width: kind.width() };
     let h = Header {
@@ -187,10 +200,11 @@ pub fn write_request(b: &mut [u8], request: u64, kind: Kind, dir: &str, model: &
         version: VERSION,
         request,
         pairs: n as u32,
-        flags: kind.flags(),
+        flags: kind.flags() | if instruction.is_some() { INSTRUCTION } else { 0 },
         width: kind.width() as u32,
         dir_len: dir.len() as u32,
         model_len: model.len() as u32,
+        instruction_len: instruction.map_or(0, str::len) as u32,
         status: Status::Pending as u32,
         ..Zeroable::zeroed()
     };
@@ -203,6 +217,7 @@ pub fn write_request(b: &mut [u8], request: u64, kind: Kind, dir: &str, model: &
     };
     put_text(b, dir);
     put_text(b, model);
+    put_text(b, instruction.unwrap_or(""));
     let mut index = Vec::with_capacity(n);
     let mut query_at = 0;
     for (i, (q, d)) in pairs.iter().enumerate() {
@@ -222,6 +237,8 @@ pub struct Request<'a> {
     /// The requesting session's pg_rerank.model_dir (only a superuser can change it).
     pub dir: &'a str,
     pub model: &'a str,
+    /// The instruction for an LLM reranker, in place of the model's own.
+    pub instruction: Option<&'a str>,
     /// (query, document) pairs.
     pub pairs: Vec<(&'a str, &'a str)>,
 }
@@ -239,12 +256,14 @@ pub fn read_request(b: &[u8]) -> Option<Request<'_>> {
     let at = l.texts() as u64;
     let dir = text(b, at, u64::from(h.dir_len))?;
     let model = text(b, at + u64::from(h.dir_len), u64::from(h.model_len))?;
+    let instruction = text(b, at + u64::from(h.dir_len) + u64::from(h.model_len), u64::from(h.instruction_len))?;
+    let instruction = (h.flags & INSTRUCTION != 0).then_some(instruction);
     let index: &[PairIndex] = bytemuck::try_cast_slice(&b[l.index()]).ok()?;
     let pairs = index
         .iter()
         .map(|e| Some((text(b, e.query_at, e.query_len)?, text(b, e.doc_at, e.doc_len)?)))
         .collect::<Option<Vec<_>>>()?;
-    Some(Request { request: h.request, kind: Kind::of(h), dir, model, pairs })
+    Some(Request { request: h.request, kind: Kind::of(h), dir, model, instruction, pairs })
 }
 
 /// The pairs `from..to` of a request (read by `read_request` before), checking only their
@@ -327,6 +346,7 @@ fn kind_code(k: ErrorKind) -> u32 {
         ErrorKind::Cancelled => 9,
         ErrorKind::Device => 10,
         ErrorKind::WrongModelKind => 11,
+        ErrorKind::NoInstruction => 12,
     }
 }
 
@@ -342,6 +362,7 @@ fn code_kind(c: u32) -> ErrorKind {
         9 => ErrorKind::Cancelled,
         10 => ErrorKind::Device,
         11 => ErrorKind::WrongModelKind,
+        12 => ErrorKind::NoInstruction,
         _ => ErrorKind::Inference,
     }
 }
@@ -455,10 +476,10 @@ mod tests {
     fn a_request_round_trips_and_queries_are_shared() {
         let pairs = [("q1", "doc a"), ("q1", "é doc b"), ("q2", ""), ("q1", "d")];
         let kind = Kind::Score { raw: true };
-        let size = size(kind, "/models", "tiny/bert", &pairs);
+        let size = size(kind, "/models", "tiny/bert", None, &pairs);
         let mut seg = segment(size);
         let b = bytes(&mut seg, size);
-        write_request(b, 42, kind, "/models", "tiny/bert", &pairs);
+        write_request(b, 42, kind, "/models", "tiny/bert", None, &pairs);
         let r = read_request(b).expect("a request");
         assert_eq!((r.request, r.kind, r.dir, r.model), (42, kind, "/models", "tiny/bert"));
         assert_eq!(r.pairs, pairs.to_vec());
@@ -470,13 +491,27 @@ mod tests {
     }
 
     #[test]
+    fn an_instruction_travels_and_an_empty_one_is_not_none() {
+        let pairs = [("q", "d")];
+        let kind = Kind::Score { raw: false };
+        for instruction in [None, Some(""), Some("Find the package that does this")] {
+            let size = size(kind, "/m", "tiny/qwen3", instruction, &pairs);
+            let mut seg = segment(size);
+            let b = bytes(&mut seg, size);
+            write_request(b, 3, kind, "/m", "tiny/qwen3", instruction, &pairs);
+            let r = read_request(b).expect("a request");
+            assert_eq!((r.model, r.instruction, r.pairs.clone()), ("tiny/qwen3", instruction, pairs.to_vec()));
+        }
+    }
+
+    #[test]
     fn scores_and_errors_reach_the_backend() {
         let pairs = [("q", "a"), ("q", "b"), ("q", "c")];
         let kind = Kind::Score { raw: false };
-        let size = size(kind, "", "m", &pairs);
+        let size = size(kind, "", "m", None, &pairs);
         let mut seg = segment(size);
         let b = bytes(&mut seg, size);
-        write_request(b, 1, kind, "", "m", &pairs);
+        write_request(b, 1, kind, "", "m", None, &pairs);
         assert!(read_response(b).is_err(), "pending is no result");
         let stats = ScoreStats { pairs: 3, tokens: 12, truncated: 1, batches: 2 };
         assert!(put_done(b, &[0.5, f32::NAN, -1.0], &stats));
@@ -499,8 +534,8 @@ mod tests {
         assert!(!put_error(b, &EngineError::new(ErrorKind::Inference, "x")));
         let pairs = [("q", "a")];
         let kind = Kind::Score { raw: false };
-        let size = size(kind, "", "m", &pairs);
-        write_request(b, 7, kind, "", "m", &pairs);
+        let size = size(kind, "", "m", None, &pairs);
+        write_request(b, 7, kind, "", "m", None, &pairs);
         assert!(read_request(&b[..size]).is_some());
         // Cut short: the last text is missing.
         assert!(read_request(&b[..size - 1]).is_none());
@@ -511,8 +546,8 @@ mod tests {
         assert!(read_request(&b[1..]).is_none());
         // A header claiming an absurd width per pair.
         let kind = Kind::Embed { kind: TextKind::Query, width: 4 };
-        let need = super::size(kind, "", "m", &pairs);
-        write_request(b, 8, kind, "", "m", &pairs);
+        let need = super::size(kind, "", "m", None, &pairs);
+        write_request(b, 8, kind, "", "m", None, &pairs);
         assert!(read_request(&b[..need]).is_some());
         b[size_of_width()..size_of_width() + 4].copy_from_slice(&u32::MAX.to_ne_bytes());
         assert!(read_request(b).is_none());
@@ -527,10 +562,10 @@ mod tests {
     fn embeddings_round_trip() {
         let texts = [("", "first text"), ("", ""), ("", "third é")];
         let kind = Kind::Embed { kind: TextKind::Document, width: 3 };
-        let size = size(kind, "/m", "bi", &texts);
+        let size = size(kind, "/m", "bi", None, &texts);
         let mut seg = segment(size);
         let b = bytes(&mut seg, size);
-        write_request(b, 5, kind, "/m", "bi", &texts);
+        write_request(b, 5, kind, "/m", "bi", None, &texts);
         let r = read_request(b).expect("a request");
         assert_eq!((r.kind, r.pairs.clone()), (kind, texts.to_vec()));
         assert!(read_embedded(b).is_err(), "pending is no result");
@@ -555,10 +590,10 @@ mod tests {
         // A score request is no embedding request.
         let pairs = [("q", "a")];
         let kind = Kind::Score { raw: false };
-        let size = super::size(kind, "", "m", &pairs);
+        let size = super::size(kind, "", "m", None, &pairs);
         let mut seg = segment(size);
         let b = bytes(&mut seg, size);
-        write_request(b, 6, kind, "", "m", &pairs);
+        write_request(b, 6, kind, "", "m", None, &pairs);
         assert!(!put_vector(b, 0, &[1.0]) && !put_resize(b, 2) && !put_embedded(b, 1, &stats));
         assert!(read_embedded(b).is_err());
     }

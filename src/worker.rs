@@ -145,6 +145,8 @@ struct Live {
     seg: *mut pg_sys::dsm_segment,
     buf: &'static mut [u8],
     kind: wire::Kind,
+    /// The instruction an LLM reranker reads in place of its own.
+    instruction: Option<String>,
     /// Width of the vectors of an embedding request (the model's, when it was taken).
     dim: usize,
     priority: Priority,
@@ -475,8 +477,8 @@ impl Worker {
             // The request id guards against a segment handle reused since it was queued.
             let parsed = wire::read_request(buf)
                 .filter(|r| r.request == request)
-                .map(|r| ((r.dir.to_string(), r.model.to_string()), r.kind, r.pairs.len()));
-            let Some((key, kind, pairs)) = parsed else {
+                .map(|r| ((r.dir.to_string(), r.model.to_string()), r.kind, r.instruction.map(str::to_string), r.pairs.len()));
+            let Some((key, kind, instruction, pairs)) = parsed else {
                 detach(seg);
                 IN_FLIGHT.lock().retain(|&x| x != i);
                 self.lost(i);
@@ -487,6 +489,7 @@ impl Worker {
                 seg,
                 buf,
                 kind,
+                instruction,
                 dim: 0,
                 priority,
                 group: 0,
@@ -593,7 +596,7 @@ impl Worker {
                     Err(EngineError::new(ErrorKind::Inference, "the pg_rerank worker could not read the request"))
                 }
                 (Some(pairs), Loaded::Reranker(m), Rows::Pairs(rows), _) => m
-                    .encode_many(&pairs, guc::worker_threads())
+                    .encode_many_with(&pairs, guc::worker_threads(), live.instruction.as_deref())
                     .into_iter()
                     .collect::<Result<Vec<Encoded>, EngineError>>()
                     .map(|more| rows.extend(more)),

@@ -16,13 +16,15 @@ use pgrx::PgSqlErrorCode;
 /// gives NULL. At most pg_rerank.max_pairs elements (a superuser setting): score a table
 /// in chunks of rows. In the background worker these are bulk pairs, which wait behind
 /// interactive calls (with a guaranteed share, pg_rerank.bulk_share). statement_timeout
-/// and cancel stop it between batches.
+/// and cancel stop it between batches. `instruction` replaces an instruction-following
+/// reranker's own (an error for other models).
 #[pg_extern(stable, parallel_safe)]
 fn rerank_pairs(
     queries: Option<Array<&str>>,
     docs: Option<Array<&str>>,
     model: default!(Option<&str>, "NULL"),
     raw: default!(Option<bool>, "false"),
+    instruction: default!(Option<&str>, "NULL"),
 ) -> Result<Option<Vec<Option<f32>>>, ErrorReport> {
     let (Some(queries), Some(docs)) = (queries, docs) else { return Ok(None) };
     if queries.len() != docs.len() {
@@ -48,7 +50,7 @@ fn rerank_pairs(
     if pairs.is_empty() {
         return Ok(Some(out));
     }
-    let scores = score_pairs(model, &pairs, raw.unwrap_or(false), Priority::Bulk)?;
+    let scores = score_pairs(model, instruction, &pairs, raw.unwrap_or(false), Priority::Bulk)?;
     for (i, s) in positions.into_iter().zip(scores) {
         out[i] = Some(s);
     }

@@ -36,8 +36,30 @@ pub(crate) fn clip_text(s: &str) -> &str {
 
 /// Scores `docs` against `query` with `model` (None: pg_rerank.model), as an interactive call.
 pub(crate) fn score(model: Option<&str>, query: &str, docs: &[&str], raw: bool) -> SqlResult<Vec<f32>> {
+    score_with(model, None, query, docs, raw)
+}
+
+/// [`score`] with `instruction` in place of an LLM reranker's own.
+pub(crate) fn score_with(
+    model: Option<&str>,
+    instruction: Option<&str>,
+    query: &str,
+    docs: &[&str],
+    raw: bool,
+) -> SqlResult<Vec<f32>> {
     let pairs: Vec<(&str, &str)> = docs.iter().map(|d| (query, *d)).collect();
-    score_pairs(model, &pairs, raw, Priority::Interactive)
+    score_pairs(model, instruction, &pairs, raw, Priority::Interactive)
+}
+
+/// What decides how a call's pairs are scored, besides the pairs.
+#[derive(Clone, Copy)]
+struct Scoring<'a> {
+    model: &'a str,
+    /// Replaces an LLM reranker's own instruction.
+    instruction: Option<&'a str>,
+    raw: bool,
+    class: Priority,
+    in_worker: bool,
 }
 
 /// Scores (query, document) pairs with `model` (None: pg_rerank.model), in the background
@@ -46,40 +68,41 @@ pub(crate) fn score(model: Option<&str>, query: &str, docs: &[&str], raw: bool) 
 /// chunk, a document longer than the model's window is scored in windows and gets the
 /// best window's score. Both check for query cancel and statement_timeout while they work.
 /// In the worker, the score cache answers the pairs it holds (unless the session SETs
-/// pg_rerank.cache = off); a backend scoring by itself has no cache.
+/// pg_rerank.cache = off); a backend scoring by itself has no cache. `instruction`
+/// replaces an LLM reranker's own; any other model refuses one.
 pub(crate) fn score_pairs(
     model: Option<&str>,
+    instruction: Option<&str>,
     pairs: &[(&str, &str)],
     raw: bool,
     class: Priority,
 ) -> SqlResult<Vec<f32>> {
     let name = models::model_name(model)?;
+    if instruction.is_some() && !models::splitter(&name)?.takes_instruction() {
+        return Err(engine(pg_rerank_engine::model::no_instruction(&name)));
+    }
     let in_worker = match guc::execution() {
         Execution::Backend => false,
         Execution::Worker => true,
         Execution::Auto => client::preloaded(),
     };
+    let how = Scoring { model: &name, instruction, raw, class, in_worker };
     match crate::shmem::cache().filter(|_| in_worker && guc::cache()) {
-        Some(cache) => score_cached(cache, &name, pairs, raw, class),
-        None => score_documents(&name, pairs, raw, class, in_worker),
+        Some(cache) => score_cached(cache, how, pairs),
+        None => score_documents(how, pairs),
     }
 }
 
 /// Scores through the worker's score cache: the pairs it holds for this model and these
 /// settings come from it, the others are scored by the worker and then stored. The key is
-/// everything that decides a score: the model directory and name, `raw`, the long-document
-/// mode with its chunking settings, and the texts as they are sent.
-fn score_cached(
-    cache: ScoreCache<'static>,
-    name: &str,
-    pairs: &[(&str, &str)],
-    raw: bool,
-    class: Priority,
-) -> SqlResult<Vec<f32>> {
+/// everything that decides a score: the model directory and name, the instruction, `raw`,
+/// the long-document mode with its chunking settings, and the texts as they are sent.
+fn score_cached(cache: ScoreCache<'static>, how: Scoring, pairs: &[(&str, &str)]) -> SqlResult<Vec<f32>> {
     // Read before anything is scored: a model (re)loaded after this point empties the
     // cache, and the scores computed here are then not stored.
     let epoch = cache.epoch();
     let dir = models::model_dir()?;
+    let raw = how.raw;
     let settings = match guc::long_documents() {
         LongDocuments::Truncate => format!("raw={raw} truncate"),
         LongDocuments::Chunk => {
@@ -87,7 +110,9 @@ fn score_cached(
             format!("raw={raw} chunk max_chunks={} overlap={}", c.max_chunks, c.overlap)
         }
     };
-    let fixed = [dir.as_os_str().as_encoded_bytes(), name.as_bytes(), settings.as_bytes()];
+    // Debug quoting tells no instruction from an empty one, and any text from another.
+    let instruction = format!("{:?}", how.instruction);
+    let fixed = [dir.as_os_str().as_encoded_bytes(), how.model.as_bytes(), instruction.as_bytes(), settings.as_bytes()];
     let keys: Vec<Key> = pairs
         .iter()
         .map(|(q, d)| Key::new(&[&fixed[..], &[clip_text(q).as_bytes(), clip_text(d).as_bytes()]].concat()))
@@ -97,14 +122,14 @@ fn score_cached(
     let mut scores: Vec<f32> = found.into_iter().map(|s| s.unwrap_or(f32::NAN)).collect();
     if !missing.is_empty() {
         let asked: Vec<(&str, &str)> = missing.iter().map(|&i| pairs[i]).collect();
-        let got = score_documents(name, &asked, raw, class, true)?;
+        let got = score_documents(how, &asked)?;
         for (&i, s) in missing.iter().zip(got) {
             scores[i] = s;
             cache.insert(&keys[i], s, epoch);
         }
     }
     // Counted once the worker has scored: a model's statistics entry appears when it loads.
-    if let Some(st) = crate::shmem::get().and_then(|sh| sh.find_stats(name)) {
+    if let Some(st) = crate::shmem::get().and_then(|sh| sh.find_stats(how.model)) {
         st.cache_hits.fetch_add((pairs.len() - missing.len()) as u64, Ordering::Relaxed);
         st.cache_misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
     }
@@ -113,26 +138,20 @@ fn score_cached(
 
 /// Scores the pairs in the worker or here, each document whole or by its best window as
 /// pg_rerank.long_documents says.
-fn score_documents(
-    name: &str,
-    pairs: &[(&str, &str)],
-    raw: bool,
-    class: Priority,
-    in_worker: bool,
-) -> SqlResult<Vec<f32>> {
+fn score_documents(how: Scoring, pairs: &[(&str, &str)]) -> SqlResult<Vec<f32>> {
     if guc::long_documents() == LongDocuments::Truncate {
-        return score_windows(name, pairs, raw, class, in_worker);
+        return score_windows(how, pairs);
     }
-    let splitter = models::splitter(name)?;
+    let splitter = models::splitter(how.model)?;
     let clipped: Vec<(&str, &str)> = pairs.iter().map(|(q, d)| (clip_text(q), clip_text(d))).collect();
-    let expanded = chunk::expand(&splitter, &clipped, guc::chunk_options(), &mut || {
+    let expanded = chunk::expand_with(&splitter, &clipped, guc::chunk_options(), how.instruction, &mut || {
         pgrx::check_for_interrupts!();
         Ok(())
     })
     .map_err(engine)?;
-    let scores = score_windows(name, &expanded.pairs, raw, class, in_worker)?;
+    let scores = score_windows(how, &expanded.pairs)?;
     if expanded.split > 0 || expanded.truncated > 0 {
-        if let Some(st) = crate::shmem::get().filter(|_| in_worker).and_then(|sh| sh.find_stats(name)) {
+        if let Some(st) = crate::shmem::get().filter(|_| how.in_worker).and_then(|sh| sh.find_stats(how.model)) {
             st.split_documents.fetch_add(expanded.split as u64, Ordering::Relaxed);
             st.windows.fetch_add((expanded.pairs.len() - pairs.len() + expanded.split) as u64, Ordering::Relaxed);
             // Documents with text beyond pg_rerank.max_chunks windows were not read whole.
@@ -143,36 +162,31 @@ fn score_documents(
 }
 
 /// Scores the pairs as they are (the model truncates what does not fit).
-fn score_windows(
-    name: &str,
-    pairs: &[(&str, &str)],
-    raw: bool,
-    class: Priority,
-    in_worker: bool,
-) -> SqlResult<Vec<f32>> {
-    if !in_worker {
-        return score_here(name, pairs, raw);
+fn score_windows(how: Scoring, pairs: &[(&str, &str)]) -> SqlResult<Vec<f32>> {
+    if !how.in_worker {
+        return score_here(how, pairs);
     }
     let priority = match guc::priority() {
         PrioritySetting::Bulk => Priority::Bulk,
-        PrioritySetting::Auto => class,
+        PrioritySetting::Auto => how.class,
     };
     let mut scores = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(WORKER_REQUEST_PAIRS) {
         let clipped: Vec<(&str, &str)> = chunk.iter().map(|(q, d)| (clip_text(q), clip_text(d))).collect();
         let call = CallProgress { total: pairs.len() as u64, done: scores.len() as u64 };
-        scores.extend(client::score(name, &clipped, raw, priority, call)?.0);
+        scores.extend(client::score(how.model, how.instruction, &clipped, how.raw, priority, call)?.0);
     }
     Ok(scores)
 }
 
 /// Scores in this backend, on its own thread: ONNX Runtime's and the tokenizer's threads
 /// only compute, they never call into Postgres.
-fn score_here(name: &str, pairs: &[(&str, &str)], raw: bool) -> SqlResult<Vec<f32>> {
-    let model = models::get(name)?;
-    let opts = ScoreOptions { limits: guc::batch_limits(model.device()), raw, tokenize_threads: guc::threads() };
+fn score_here(how: Scoring, pairs: &[(&str, &str)]) -> SqlResult<Vec<f32>> {
+    let model = models::get(how.model)?;
+    let opts =
+        ScoreOptions { limits: guc::batch_limits(model.device()), raw: how.raw, tokenize_threads: guc::threads() };
     let (scores, _stats) = model
-        .score_pairs(pairs, opts, &mut || {
+        .score_pairs_with(pairs, opts, how.instruction, &mut || {
             pgrx::check_for_interrupts!();
             Ok(())
         })

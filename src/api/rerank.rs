@@ -1,6 +1,6 @@
 //! `rerank(query, docs[])` and `rerank_score(query, doc)`.
 
-use super::{check_doc_count, null_query, rank, score};
+use super::{check_doc_count, null_query, rank, score, score_with};
 use crate::error::{report, SqlResult};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -11,8 +11,10 @@ use pgrx::PgSqlErrorCode;
 /// order). `top_n` keeps the best n, `min_score` those scoring at least that (on the
 /// scale returned: probability, or logit when `raw`). NULL elements of `docs` are skipped;
 /// NULL or empty `docs` gives no rows; a NULL query is an error. Scores are probabilities
-/// (sigmoid of the logit) unless `raw` is true.
+/// (sigmoid of the logit) unless `raw` is true. `instruction` replaces an
+/// instruction-following reranker's own (an error for other models).
 #[pg_extern(stable, parallel_safe)]
+#[allow(clippy::too_many_arguments)]
 fn rerank(
     query: Option<&str>,
     docs: Option<Array<&str>>,
@@ -20,12 +22,13 @@ fn rerank(
     top_n: default!(Option<i32>, "NULL"),
     raw: default!(Option<bool>, "false"),
     min_score: default!(Option<f32>, "NULL"),
+    instruction: default!(Option<&str>, "NULL"),
 ) -> Result<TableIterator<'static, (name!(idx, i32), name!(score, f32))>, ErrorReport> {
     let query = query.ok_or_else(null_query)?;
     let top_n = positive("top_n", top_n)?;
     let Some(docs) = docs else { return Ok(TableIterator::new(Vec::new())) };
     let (positions, texts) = present(docs.iter())?;
-    let rows = ranked(model, query, &positions, &texts, raw.unwrap_or(false))?;
+    let rows = ranked(model, instruction, query, &positions, &texts, raw.unwrap_or(false))?;
     Ok(TableIterator::new(cut(rows, min_score, top_n)))
 }
 
@@ -65,7 +68,7 @@ fn rerank_cascade(
     first.sort_unstable_by_key(|&(i, _)| i);
     let keep: Vec<i32> = first.iter().map(|&(i, _)| positions[i]).collect();
     let kept: Vec<&str> = first.iter().map(|&(i, _)| texts[i]).collect();
-    let rows = ranked(model, query, &keep, &kept, raw.unwrap_or(false))?;
+    let rows = ranked(model, None, query, &keep, &kept, raw.unwrap_or(false))?;
     Ok(TableIterator::new(cut(rows, min_score, top_n)))
 }
 
@@ -87,11 +90,18 @@ fn present<'a>(docs: impl ExactSizeIterator<Item = Option<&'a str>>) -> SqlResul
 }
 
 /// (position, score) best first (ties in input order).
-fn ranked(model: Option<&str>, query: &str, positions: &[i32], texts: &[&str], raw: bool) -> SqlResult<Vec<(i32, f32)>> {
+fn ranked(
+    model: Option<&str>,
+    instruction: Option<&str>,
+    query: &str,
+    positions: &[i32],
+    texts: &[&str],
+    raw: bool,
+) -> SqlResult<Vec<(i32, f32)>> {
     if texts.is_empty() {
         return Ok(Vec::new());
     }
-    let scores = score(model, query, texts, raw)?;
+    let scores = score_with(model, instruction, query, texts, raw)?;
     Ok(rank(&scores).into_iter().map(|(i, s)| (positions[i], s)).collect())
 }
 
@@ -107,14 +117,16 @@ fn cut(mut rows: Vec<(i32, f32)>, min_score: Option<f32>, top_n: Option<usize>) 
     rows
 }
 
-/// The score of one (query, document) pair; NULL when either is NULL.
+/// The score of one (query, document) pair; NULL when either is NULL. `instruction` as
+/// for `rerank`.
 #[pg_extern(stable, parallel_safe)]
 fn rerank_score(
     query: Option<&str>,
     doc: Option<&str>,
     model: default!(Option<&str>, "NULL"),
     raw: default!(Option<bool>, "false"),
+    instruction: default!(Option<&str>, "NULL"),
 ) -> Result<Option<f32>, ErrorReport> {
     let (Some(query), Some(doc)) = (query, doc) else { return Ok(None) };
-    Ok(score(model, query, &[doc], raw.unwrap_or(false))?.first().copied())
+    Ok(score_with(model, instruction, query, &[doc], raw.unwrap_or(false))?.first().copied())
 }

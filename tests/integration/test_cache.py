@@ -1,6 +1,6 @@
 """The score cache (issue 13): in worker mode a repeated document is answered from shared
 memory with exactly the score the worker computed; anything that changes a score (the
-model, raw, the long-document settings, the files after a reload) misses it; a session can
+model, raw, an instruction, the long-document settings, the files after a reload) misses it; a session can
 turn it off; pg_rerank_cache_reset() empties it; a tiny cache evicts and stays correct."""
 import os
 import shutil
@@ -119,6 +119,28 @@ def test_what_changes_a_score_misses_the_cache(cconn):
     assert delta(cconn, before) == (3, 0)
 
 
+def test_an_instruction_reaches_the_worker_and_is_part_of_the_key(dsn, cconn):
+    docs = ["GNU Chess is a chess-playing program", "zlib implements deflate", "a mail filter"]
+    sql = "SELECT idx, score FROM rerank('chess', %s::text[], 'tiny/qwen3', raw => true, instruction => %s)"
+
+    def run(c, instruction):
+        return [s for _, s in sorted(c.execute(sql, (docs, instruction)).fetchall())]
+
+    default = run(cconn, None)
+    before = counts(cconn, "tiny/qwen3")
+    given = run(cconn, "Find the Debian package")
+    assert delta(cconn, before, "tiny/qwen3") == (0, 3), "another instruction misses"
+    assert given != default
+    before = counts(cconn, "tiny/qwen3")
+    assert run(cconn, "Find the Debian package") == given
+    assert run(cconn, "") != given
+    assert delta(cconn, before, "tiny/qwen3") == (3, 3)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET pg_rerank.execution = backend")
+        here = run(c, "Find the Debian package")
+    assert max(abs(a - b) for a, b in zip(given, here)) < 1e-5
+
+
 def test_backend_mode_has_no_cache(dsn, cconn):
     docs = sample(cconn, 5, offset=400)
     scores(cconn, docs)
@@ -145,28 +167,28 @@ def test_reset_and_reload_empty_the_cache(cconn):
 
 
 def test_swapped_files_are_served_only_after_the_reload(dsn, cconn, swap_dir):
-    put_model(swap_dir, "swap", "tiny/bert")
+    put_model(swap_dir, "cache-swap", "tiny/bert")
     cconn.execute("SELECT set_config('pg_rerank.model_dir', %s, false)", (str(swap_dir),))
     docs = ["a document", "another document"]
     # Loading a model empties the cache, so the scores of the call that loads it are not
     # stored; the next call's are.
-    bert = scores(cconn, docs, model="swap", raw=True)
-    assert scores(cconn, docs, model="swap", raw=True) == bert
-    before = counts(cconn, "swap")
-    assert scores(cconn, docs, model="swap", raw=True) == bert
-    assert delta(cconn, before, "swap") == (2, 0)
-    put_model(swap_dir, "swap", "tiny/xlm-roberta")
+    bert = scores(cconn, docs, model="cache-swap", raw=True)
+    assert scores(cconn, docs, model="cache-swap", raw=True) == bert
+    before = counts(cconn, "cache-swap")
+    assert scores(cconn, docs, model="cache-swap", raw=True) == bert
+    assert delta(cconn, before, "cache-swap") == (2, 0)
+    put_model(swap_dir, "cache-swap", "tiny/xlm-roberta")
     # The worker scores with the session it loaded until the reload, and so does the cache.
-    assert scores(cconn, docs, model="swap", raw=True) == bert
+    assert scores(cconn, docs, model="cache-swap", raw=True) == bert
     reload(cconn)
-    before = counts(cconn, "swap")
-    xlmr = scores(cconn, docs, model="swap", raw=True)
-    assert delta(cconn, before, "swap") == (0, 2)
+    before = counts(cconn, "cache-swap")
+    xlmr = scores(cconn, docs, model="cache-swap", raw=True)
+    assert delta(cconn, before, "cache-swap") == (0, 2)
     assert all(abs(a - b) > 1e-3 for a, b in zip(xlmr, bert))
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("SET pg_rerank.execution = backend")
         c.execute("SELECT set_config('pg_rerank.model_dir', %s, false)", (str(swap_dir),))
-        here = scores(c, docs, model="swap", raw=True)
+        here = scores(c, docs, model="cache-swap", raw=True)
     assert max(abs(a - b) for a, b in zip(xlmr, here)) < 1e-5
 
 

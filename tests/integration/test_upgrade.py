@@ -84,13 +84,14 @@ def test_an_update_gives_what_a_fresh_install_gives(databases, previous):
         # functions run on the new library where their arguments did not change; where
         # they did, the call is an error, never a crash.
         q, doc = "lossless compression library", "zlib implements the deflate compression method"
-        assert old.execute("SELECT rerank_score(%s, %s, 'minilm-debian')", (q, doc)).fetchone()[0] > 0.2
-        if previous == "0.1.0":  # rerank gained min_score in 0.2.0
-            with pytest.raises(psycopg.errors.InternalError_, match="min_score"):
-                old.execute("SELECT * FROM rerank(%s, ARRAY[%s], 'minilm-debian')", (q, doc))
-        else:
-            assert [r[0] for r in old.execute(
-                "SELECT idx FROM rerank(%s, ARRAY[%s], 'minilm-debian')", (q, doc))] == [1]
+        rows = "(VALUES (1, 'GNU Chess is a chess-playing program'), (2, %s)) AS t(id, body)"
+        assert old.execute(f"SELECT rerank_topk(%s, id, body, 1) FROM {rows}", (q, doc)).fetchone()[0] == [2]
+        # rerank gained min_score in 0.2.0; rerank, rerank_score and rerank_pairs gained
+        # instruction in 0.3.0.
+        with pytest.raises(psycopg.errors.InternalError_, match="min_score" if previous == "0.1.0" else "instruction"):
+            old.execute("SELECT * FROM rerank(%s, ARRAY[%s], 'minilm-debian')", (q, doc))
+        with pytest.raises(psycopg.errors.InternalError_, match="instruction"):
+            old.execute("SELECT rerank_score(%s, %s, 'minilm-debian')", (q, doc))
         # Functions whose result columns changed refuse to run under the old declaration
         # (Postgres would read the new values by the old columns' types and crash).
         changed = ["pg_rerank_worker()", "pg_rerank_stats"] + (["rerank_models()"] if previous == "0.1.0" else [])
@@ -128,6 +129,8 @@ def test_every_function_works_after_the_update(databases):
         one = c.execute("SELECT rerank_score(%s, %s)", (q, docs[1])).fetchone()[0]
         assert one > 0.2
         assert c.execute("SELECT rerank_pairs(ARRAY[%s, %s], %s::text[])", (q, q, docs)).fetchone()[0][1] == pytest.approx(one, abs=1e-5)
+        assert c.execute("SELECT rerank_score(%s, %s, 'tiny/qwen3', instruction => 'Find packages')",
+                         (q, docs[1])).fetchone()[0] is not None
         rows = "(VALUES (1, %s), (2, %s)) AS t(id, body)"
         assert c.execute(f"SELECT rerank_topk(%s, id, body, 1) FROM {rows}", (q, *docs)).fetchone()[0] == [2]
         assert c.execute(f"SELECT rerank_topk(%s, id, body, 2, NULL, 0.2) FROM {rows}",

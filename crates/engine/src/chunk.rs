@@ -220,6 +220,11 @@ pub struct Splitter {
 const MARGIN: usize = 4;
 
 impl Splitter {
+    /// Whether the model reads an instruction (an LLM reranker with a prompt template).
+    pub fn takes_instruction(&self) -> bool {
+        self.prompt.is_some()
+    }
+
     /// A splitter for the model whose tokenizer and configuration these are.
     pub fn new(tokenizer: &Tokenizer, config: &ModelConfig) -> Result<Self> {
         let mut tokenizer = tokenizer.clone();
@@ -268,8 +273,14 @@ impl Splitter {
 
     /// Tokens of document that fit in one window beside `query`.
     pub fn room(&self, query: &str) -> Result<usize> {
+        self.room_with(query, None)
+    }
+
+    /// Tokens of document that fit in one window beside `query`, with `instruction` in
+    /// place of the model's own (LLM rerankers).
+    pub fn room_with(&self, query: &str, instruction: Option<&str>) -> Result<usize> {
         let fixed = match &self.prompt {
-            Some(p) => self.count(p.render(query, "").as_str().into())?,
+            Some(p) => self.count(p.render_with(instruction, query, "").as_str().into())?,
             None => self.count((query, "").into())?,
         };
         Ok(self.max_length.saturating_sub(fixed + MARGIN))
@@ -337,6 +348,18 @@ pub fn expand<'a>(
     opts: ChunkOptions,
     check: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Expanded<'a>> {
+    expand_with(splitter, pairs, opts, None, check)
+}
+
+/// [`expand`] for a model reading `instruction` in place of its own (the instruction takes
+/// room in each window's prompt).
+pub fn expand_with<'a>(
+    splitter: &Splitter,
+    pairs: &[(&'a str, &'a str)],
+    opts: ChunkOptions,
+    instruction: Option<&str>,
+    check: &mut dyn FnMut() -> Result<()>,
+) -> Result<Expanded<'a>> {
     let mut out = Expanded { pairs: Vec::with_capacity(pairs.len()), ..Default::default() };
     // The room a query leaves, tokenized once for the run of pairs that share it.
     let mut room: Option<(&str, usize)> = None;
@@ -349,7 +372,7 @@ pub fn expand<'a>(
         } else {
             let r = match room {
                 Some((rq, r)) if rq == q => r,
-                _ => splitter.room(q)?,
+                _ => splitter.room_with(q, instruction)?,
             };
             room = Some((q, r));
             splitter.windows_in(r, d, opts)?

@@ -75,14 +75,39 @@ pub struct Prompt {
 }
 
 impl Prompt {
+    /// The prompt for one pair, with the model's own instruction.
     pub fn render(&self, query: &str, doc: &str) -> String {
-        // Fill the fixed parts first so that text inside query or document is never expanded.
-        let t = self.template.replace("{prefix}", &self.prefix).replace("{suffix}", &self.suffix);
-        let t = t.replace("{instruction}", &self.instruction);
-        let (before_doc, after_doc) = t.split_once("{doc}").unwrap_or((&t, ""));
-        let mut out = before_doc.replace("{query}", query);
-        out.push_str(doc);
-        out.push_str(&after_doc.replace("{query}", query));
+        self.render_with(None, query, doc)
+    }
+
+    /// The prompt for one pair, with `instruction` in place of the model's own when given.
+    /// One pass over the template: text put in (the instruction, query and document come
+    /// from users) is never searched for placeholders.
+    pub fn render_with(&self, instruction: Option<&str>, query: &str, doc: &str) -> String {
+        let fill = [
+            ("{prefix}", self.prefix.as_str()),
+            ("{suffix}", self.suffix.as_str()),
+            ("{instruction}", instruction.unwrap_or(&self.instruction)),
+            ("{query}", query),
+            ("{doc}", doc),
+        ];
+        let mut out = String::with_capacity(self.template.len() + query.len() + doc.len() + 256);
+        let mut rest = self.template.as_str();
+        while let Some(at) = rest.find('{') {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            match fill.iter().find(|(name, _)| rest.starts_with(name)) {
+                Some((name, value)) => {
+                    out.push_str(value);
+                    rest = &rest[name.len()..];
+                }
+                None => {
+                    out.push('{');
+                    rest = &rest[1..];
+                }
+            }
+        }
+        out.push_str(rest);
         out
     }
 }
@@ -204,3 +229,33 @@ fn pad_from_tokenizer(tokenizer: &Value, tok_config: &Value) -> Option<i64> {
         .iter()
         .find_map(|t| (t.get("content")?.as_str()? == pad).then(|| t.get("id")?.as_i64()).flatten())
 }
+
+#[cfg(test)]
+mod prompt_tests {
+    use super::Prompt;
+
+    fn prompt() -> Prompt {
+        Prompt {
+            template: "{prefix}<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}{suffix}".into(),
+            prefix: "[".into(),
+            suffix: "]".into(),
+            instruction: "Find packages".into(),
+        }
+    }
+
+    #[test]
+    fn an_instruction_replaces_the_models_own() {
+        let p = prompt();
+        assert_eq!(p.render("zip", "gzip"), "[<Instruct>: Find packages\n<Query>: zip\n<Document>: gzip]");
+        assert_eq!(p.render_with(Some("Find bugs"), "zip", "gzip"), "[<Instruct>: Find bugs\n<Query>: zip\n<Document>: gzip]");
+        assert_eq!(p.render_with(None, "zip", "gzip"), p.render("zip", "gzip"));
+    }
+
+    #[test]
+    fn text_put_in_is_never_expanded() {
+        let p = prompt();
+        let out = p.render_with(Some("{doc} {query} {suffix}"), "{instruction}", "{prefix} {x");
+        assert_eq!(out, "[<Instruct>: {doc} {query} {suffix}\n<Query>: {instruction}\n<Document>: {prefix} {x]");
+    }
+}
+

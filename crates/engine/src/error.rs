@@ -27,6 +27,8 @@ pub enum ErrorKind {
     Cancelled,
     /// A model of the other kind: a bi-encoder asked to rerank, a cross-encoder to embed.
     WrongModelKind,
+    /// An instruction for a model that reads none (not an instruction-following reranker).
+    NoInstruction,
 }
 
 #[derive(Debug, Clone, PartialEq)]

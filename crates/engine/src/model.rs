@@ -244,13 +244,24 @@ impl Model {
     /// Tokenizes one pair: query first, document second, truncating the document first and
     /// both (longest first) only when the query alone is too long.
     pub fn encode(&self, query: &str, doc: &str) -> Result<Encoded> {
+        self.encode_with(query, doc, None)
+    }
+
+    /// Whether the model reads an instruction (an LLM reranker with a prompt template).
+    pub fn takes_instruction(&self) -> bool {
+        self.config.prompt.is_some()
+    }
+
+    /// [`Model::encode`] with `instruction` in place of the model's own (LLM rerankers).
+    pub fn encode_with(&self, query: &str, doc: &str, instruction: Option<&str>) -> Result<Encoded> {
         let bound = self.char_bound();
         let (q, q_cut) = cut_chars(query, bound);
         let (d, d_cut) = cut_chars(doc, bound);
-        let enc = match &self.config.prompt {
+        let enc = match (&self.config.prompt, instruction) {
             // One prompt, truncated from the right like the reference implementation.
-            Some(p) => self.longest_first(p.render(q, d).as_str())?,
-            None => match self.tokenizer.encode((q, d), true) {
+            (Some(p), _) => self.longest_first(p.render_with(instruction, q, d).as_str())?,
+            (None, Some(_)) => return Err(no_instruction(&self.name)),
+            (None, None) => match self.tokenizer.encode((q, d), true) {
                 Ok(e) => e,
                 // The query leaves no room for the document: fall back to longest-first.
                 Err(_) => self.longest_first((q, d))?,
@@ -294,11 +305,22 @@ impl Model {
         opts: ScoreOptions,
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(Vec<f32>, ScoreStats)> {
+        self.score_pairs_with(pairs, opts, None, check)
+    }
+
+    /// [`Model::score_pairs`] with `instruction` in place of the model's own (LLM rerankers).
+    pub fn score_pairs_with(
+        &self,
+        pairs: &[(&str, &str)],
+        opts: ScoreOptions,
+        instruction: Option<&str>,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<(Vec<f32>, ScoreStats)> {
         let mut encoded = Vec::with_capacity(pairs.len());
         // Tokenize in chunks so that a cancel is seen between them.
         for chunk in pairs.chunks(256) {
             check()?;
-            for e in self.encode_many(chunk, opts.tokenize_threads) {
+            for e in self.encode_many_with(chunk, opts.tokenize_threads, instruction) {
                 encoded.push(e?);
             }
         }
@@ -308,15 +330,27 @@ impl Model {
     /// Tokenizes many pairs on up to `threads` threads (scoped: they end before this
     /// returns, and they only tokenize). Results are in input order.
     pub fn encode_many(&self, pairs: &[(&str, &str)], threads: usize) -> Vec<Result<Encoded>> {
+        self.encode_many_with(pairs, threads, None)
+    }
+
+    /// [`Model::encode_many`] with `instruction` in place of the model's own.
+    pub fn encode_many_with(
+        &self,
+        pairs: &[(&str, &str)],
+        threads: usize,
+        instruction: Option<&str>,
+    ) -> Vec<Result<Encoded>> {
         let threads = threads.clamp(1, 16).min(pairs.len().div_ceil(16)).max(1);
         if threads == 1 {
-            return pairs.iter().map(|(q, d)| self.encode(q, d)).collect();
+            return pairs.iter().map(|(q, d)| self.encode_with(q, d, instruction)).collect();
         }
         let chunk = pairs.len().div_ceil(threads);
         std::thread::scope(|s| {
             let handles: Vec<_> = pairs
                 .chunks(chunk)
-                .map(|part| s.spawn(move || part.iter().map(|(q, d)| self.encode(q, d)).collect::<Vec<_>>()))
+                .map(|part| {
+                    s.spawn(move || part.iter().map(|(q, d)| self.encode_with(q, d, instruction)).collect::<Vec<_>>())
+                })
                 .collect();
             handles
                 .into_iter()
@@ -411,4 +445,10 @@ pub fn cut_chars(s: &str, max: usize) -> (&str, bool) {
         Some((b, _)) => (&s[..b], true),
         None => (s, false),
     }
+}
+
+/// The error for an instruction given to a model that reads none.
+pub fn no_instruction(name: &str) -> EngineError {
+    EngineError::new(ErrorKind::NoInstruction, format!("model \"{name}\" takes no instruction"))
+        .with_detail("It is not an instruction-following reranker: it has no reranker_prompt.json.")
 }

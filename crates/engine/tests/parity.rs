@@ -3,7 +3,7 @@
 
 mod common;
 
-use pg_rerank_engine::{BatchLimits, ScoreOptions};
+use pg_rerank_engine::{BatchLimits, ErrorKind, ScoreOptions};
 use serde_json::Value;
 
 const TOLERANCE: f32 = 1e-4;
@@ -114,4 +114,58 @@ fn families_and_lengths_are_discovered() {
     assert_eq!(qwen.config().family.name(), "qwen3");
     assert_eq!(qwen.config().max_length, 1024);
     assert!(qwen.config().prompt.is_some());
+}
+
+/// A per-call instruction gives what a model whose `reranker_prompt.json` holds that
+/// instruction gives, in the same batches; a model without a prompt refuses one.
+#[test]
+fn an_instruction_argument_equals_the_models_own() {
+    let instruction = "Given a package search query, find the Debian package that does it";
+    let shared = common::shared().join("models/tiny/qwen3");
+    let root = std::env::temp_dir().join(format!("pg_rerank_instruction_{}", std::process::id()));
+    let dir = root.join("qwen3-instructed");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for f in std::fs::read_dir(&shared).expect("tiny/qwen3") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, dir.join(f.file_name().expect("name"))).expect("copy");
+    }
+    let path = dir.join("reranker_prompt.json");
+    let mut prompt: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    prompt["instruction"] = instruction.into();
+    std::fs::write(&path, serde_json::to_vec(&prompt).expect("json")).expect("write");
+
+    let plain = common::load("tiny/qwen3");
+    let instructed = common::load_from(&root, "qwen3-instructed");
+    let pairs = [
+        ("compression library", "zlib implements the deflate compression method"),
+        ("chess", "GNU Chess is a chess-playing program"),
+        ("mail filter", "a long description of a mail filter that learns from the user's own mail"),
+    ];
+    let opts = ScoreOptions { raw: true, ..Default::default() };
+    let own = instructed.score_pairs(&pairs, opts, &mut || Ok(())).expect("score").0;
+    let given = plain.score_pairs_with(&pairs, opts, Some(instruction), &mut || Ok(())).expect("score").0;
+    let default = plain.score_pairs(&pairs, opts, &mut || Ok(())).expect("score").0;
+    std::fs::remove_dir_all(&root).ok();
+    assert_eq!(given, own, "the argument and the file give the same prompt");
+    assert!(given.iter().zip(&default).any(|(a, b)| (a - b).abs() > 1e-4), "{given:?} vs {default:?}");
+    // The model's own instruction passed explicitly is the default.
+    let spelled: String = prompt_instruction(&shared);
+    assert_eq!(plain.score_pairs_with(&pairs, opts, Some(&spelled), &mut || Ok(())).expect("score").0, default);
+    // A window for a long document leaves room for a longer instruction.
+    let splitter = plain.splitter();
+    assert!(splitter.takes_instruction());
+    let long = "word ".repeat(200);
+    assert!(splitter.room_with("q", Some(&long)).expect("room") < splitter.room("q").expect("room"));
+
+    let bert = common::load("tiny/bert");
+    assert!(!bert.takes_instruction() && !bert.splitter().takes_instruction());
+    let e = bert.score_pairs_with(&pairs, opts, Some(instruction), &mut || Ok(())).expect_err("refused");
+    assert_eq!(e.kind, ErrorKind::NoInstruction);
+    assert!(e.message.contains("takes no instruction"), "{e}");
+}
+
+fn prompt_instruction(dir: &std::path::Path) -> String {
+    let prompt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reranker_prompt.json")).expect("read")).expect("json");
+    prompt["instruction"].as_str().expect("instruction").to_string()
 }
