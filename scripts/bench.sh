@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): starts a private cluster with pg_rerank preloaded, loads the
 # shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, sql_overhead, end_to_end, recipes,
-# cascade, bulk, embed, latency, soak). Results
+# cascade, bulk, embed, cache, latency, soak). Results
 # go to benches/results/, plots to docs/img/. Run nothing else meanwhile: the figures are
 # ratios measured in one run, but a busy machine still skews them.
 source "$(dirname "$0")/lib.sh"
@@ -21,6 +21,9 @@ export PGHOST=127.0.0.1 PGPORT="$PORT" PGUSER=postgres
 # The Python reference reads a document up to the model's window: the benchmarks' sessions
 # do the same work (pg_rerank.long_documents = truncate), except the long-document one.
 [ "${1:-}" = long_documents ] || export PGOPTIONS="-c pg_rerank.long_documents=truncate"
+# The benchmarks measure the model's work: the score cache would answer the inputs they
+# repeat (rounds, warm-ups, the cascade's second stage). The cache benchmark measures it.
+[ "${1:-}" = cache ] || export PGOPTIONS="${PGOPTIONS:-} -c pg_rerank.cache=off"
 psql -q -d postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'bench'" | grep -q 1 || psql -q -d postgres -c "CREATE DATABASE bench"
 # The extension as just built and installed, not one left from an older build.
 psql -q -d bench -c "DROP EXTENSION IF EXISTS pg_rerank CASCADE" -c "CREATE EXTENSION pg_rerank"
@@ -68,6 +71,12 @@ case "${1:-concurrency}" in
     embed)
         .venv/bin/python benches/embed.py "$SHARED" "$DSN" benches/results/embed.json \
             "${PG_RERANK_BENCH_TEXTS:-2000}" "${PG_RERANK_BENCH_THREADS:-2}"
+        ;;
+    cache)
+        .venv/bin/python scripts/load_corpus.py "$DSN" "$SHARED/data/debian"
+        install_dbt_venv
+        .venv/bin/python benches/cache.py "$SHARED" "$DSN" benches/results/cache.json \
+            "${PG_RERANK_BENCH_QUERIES:-20}" .venv-dbt/bin/dbt
         ;;
     latency)
         .venv/bin/python benches/service.py latency "$DSN" "$SHARED/data/debian/corpus.jsonl" \

@@ -116,6 +116,15 @@ model_dir_for_server() {
     fi
 }
 
+# dbt-postgres in .venv-dbt, for the dbt example (its test and the cache benchmark).
+install_dbt_venv() {
+    .venv-dbt/bin/dbt --version >/dev/null 2>&1 && return
+    log "installing dbt-postgres into .venv-dbt (for the dbt example)"
+    python3 -m venv .venv-dbt
+    # dbt-core 1.12 fetches a parser from GitHub while it installs; 1.11 needs only PyPI.
+    .venv-dbt/bin/pip install -q 'dbt-core==1.11.*' 'dbt-postgres==1.11.*'
+}
+
 # Starts (or reuses) a private cluster in $1 on port $2 with pg_rerank preloaded, so its
 # background worker serves every connection. Prints nothing; psql connects through
 # PGHOST/PGPORT set by the caller.

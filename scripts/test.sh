@@ -81,12 +81,7 @@ if ! "$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress" \
     exit 1
 fi
 
-if [ "$FULL" = 1 ] && ! .venv-dbt/bin/dbt --version >/dev/null 2>&1; then
-    log "installing dbt-postgres into .venv-dbt (for the dbt example)"
-    python3 -m venv .venv-dbt
-    # dbt-core 1.12 fetches a parser from GitHub while it installs; 1.11 needs only PyPI.
-    .venv-dbt/bin/pip install -q 'dbt-core==1.11.*' 'dbt-postgres==1.11.*'
-fi
+if [ "$FULL" = 1 ]; then install_dbt_venv; fi
 
 # PyTorch for the model export test (tests/integration/test_export.py), in a venv of its
 # own so that .venv stays small: PyPI's torch wheel is built for CUDA and needs the
