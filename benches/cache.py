@@ -41,12 +41,7 @@ MODEL = "minilm-debian"
 
 def candidates():
     cands = devset.reference(DATA)
-    wanted = {d for c in cands.values() for _, d, _ in c}
-    texts = {}
-    with open(DATA / "corpus.jsonl") as f:
-        for doc in map(json.loads, f):
-            if doc["id"] in wanted:
-                texts[doc["id"]] = doc["text"]
+    texts = devset.texts(DATA, (d for c in cands.values() for _, d, _ in c))
     queries = devset.queries(DATA)
     return [(queries[q], [texts[d] for _, d, _ in cands[q]]) for q in sorted(cands)[:QUERIES]]
 

@@ -38,12 +38,7 @@ for k in CUTS:
 
 def load():
     cands = devset.reference(DATA)
-    wanted = {d for c in cands.values() for _, d, _ in c}
-    texts = {}
-    with open(DATA / "corpus.jsonl") as f:
-        for doc in map(json.loads, f):
-            if doc["id"] in wanted:
-                texts[doc["id"]] = doc["text"]
+    texts = devset.texts(DATA, (d for c in cands.values() for _, d, _ in c))
     queries, qrels = devset.queries(DATA), devset.qrels(DATA)
     qids = sorted(cands)[:QUERIES]
     return [(queries[q], [d for _, d, _ in cands[q]], qrels.get(q, {})) for q in qids], texts

@@ -35,6 +35,16 @@ def reference(data):
     return cands
 
 
+def texts(data, ids):
+    """{doc id: corpus text} of the documents `ids`."""
+    wanted, out = set(ids), {}
+    with open(data / "corpus.jsonl") as f:
+        for doc in map(json.loads, f):
+            if doc["id"] in wanted:
+                out[doc["id"]] = doc["text"]
+    return out
+
+
 def ndcg10(ranked, rel):
     """NDCG@10 of doc ids in ranked order against {doc id: grade}."""
     dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))

@@ -1,5 +1,6 @@
 """Integration tests against a live cluster started by scripts/test.sh: PostgreSQL 15 with
 pgvector and pg_rerank, the shared Debian corpus loaded by scripts/load_corpus.py."""
+import contextlib
 import json
 import os
 import pwd
@@ -9,6 +10,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -183,3 +185,45 @@ def run(cmd, owner, **kw):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw)
     assert out.returncode == 0, f"{cmd} exited {out.returncode}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
     return out
+
+
+@contextlib.contextmanager
+def second_server(dsn, name, first_port=54332):
+    """The place of a second server beside the test cluster, run by the test server's
+    binaries and OS user: a free port, `root` (STATE/name-port, owned by that user) with
+    `sock`, the socket directory, and `data`, the data directory the caller fills and
+    starts with `start`. The server is stopped and the directory removed afterwards, also
+    when a test fails (its log is printed then)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        bindir, owner = primary_server(c)
+    port = free_port(first_port)
+    root = Path(os.environ.get("PG_RERANK_STATE", "/tmp")) / f"{name}-{port}"
+    data, sock, pg_ctl = root / "pgdata", root / "sock", str(bindir / "pg_ctl")
+
+    def start(options=()):
+        # Without RUST_BACKTRACE, as start_cluster starts the test cluster.
+        run(["env", "-u", "RUST_BACKTRACE", "-u", "RUST_LIB_BACKTRACE", pg_ctl, "-D", str(data),
+             "-l", str(root / "server.log"), "-w", "-t", "60", *options, "start"], owner)
+
+    def stop_and_remove():
+        if (data / "postmaster.pid").exists():
+            subprocess.run((["runuser", "-u", owner, "--"] if os.geteuid() == 0 else [])
+                           + [pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+                           capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+    stop_and_remove()  # one left by a killed run
+    try:
+        root.mkdir(parents=True)
+        if os.geteuid() == 0:
+            shutil.chown(root, owner)
+        run(["mkdir", "-m", "700", str(sock)], owner)
+        yield SimpleNamespace(bindir=bindir, owner=owner, port=port, root=root, data=data, sock=sock, start=start)
+    except BaseException:
+        log = root / "server.log"
+        if log.exists():
+            print(f"{name} server.log:\n" + log.read_text()[-4000:])
+        raise
+    finally:
+        stop_and_remove()
+

@@ -2,19 +2,14 @@
 memory with exactly the score the worker computed; anything that changes a score (the
 model, raw, an instruction, the long-document settings, the files after a reload) misses it; a session can
 turn it off; pg_rerank_cache_reset() empties it; a tiny cache evicts and stays correct."""
-import os
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import free_port, primary_server, put_model, reload, run, sample, stats, wait_for, worker
+from conftest import put_model, reload, run, sample, second_server, stats, wait_for, worker
 
-STATE = Path(os.environ.get("PG_RERANK_STATE", "/tmp"))
 Q = "lossless data compression library"
 
 
@@ -211,48 +206,22 @@ def tiny_cache_server(dsn):
     """A second server beside the test cluster, preloading pg_rerank with a 1 kB score
     cache (3 sets of 8 scores), stopped and removed afterwards."""
     with psycopg.connect(dsn, autocommit=True) as c:
-        bindir, owner = primary_server(c)
         settings = {name: c.execute(f"SHOW {name}").fetchone()[0]
                     for name in ("pg_rerank.model_dir", "pg_rerank.onnxruntime")}
-    port = free_port(54380)
-    root = STATE / f"tiny-cache-{port}"
-    data = root / "pgdata"
-    pg_ctl = str(bindir / "pg_ctl")
-
-    def stop_and_remove():
-        if (data / "postmaster.pid").exists():
-            subprocess.run((["runuser", "-u", owner, "--"] if os.geteuid() == 0 else [])
-                           + [pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
-
-    stop_and_remove()
-    try:
-        root.mkdir(parents=True)
-        if os.geteuid() == 0:
-            shutil.chown(root, owner)
-        run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"], owner)
-        run(["mkdir", "-m", "700", str(root / "sock")], owner)
+    with second_server(dsn, "tiny-cache", 54380) as s:
+        run([str(s.bindir / "initdb"), "-D", str(s.data), "-U", "postgres", "-A", "trust", "--no-sync"], s.owner)
         conf = {
-            "port": port, "listen_addresses": "'127.0.0.1'", "unix_socket_directories": f"'{root / 'sock'}'",
+            "port": s.port, "listen_addresses": "'127.0.0.1'", "unix_socket_directories": f"'{s.sock}'",
             "shared_preload_libraries": "'pg_rerank'", "pg_rerank.cache_size": "'1kB'",
             "pg_rerank.model_dir": f"'{settings['pg_rerank.model_dir']}'",
             "pg_rerank.onnxruntime": f"'{settings['pg_rerank.onnxruntime']}'",
             "pg_rerank.model": "'minilm-debian'", "pg_rerank.worker_threads": 1,
             "shared_buffers": "'16MB'", "max_connections": 10, "fsync": "off",
         }
-        with open(data / "postgresql.conf", "a") as f:
+        with open(s.data / "postgresql.conf", "a") as f:
             f.writelines(f"{k} = {v}\n" for k, v in conf.items())
-        run(["env", "-u", "RUST_BACKTRACE", "-u", "RUST_LIB_BACKTRACE", pg_ctl, "-D", str(data),
-             "-l", str(root / "server.log"), "-w", "-t", "60", "start"], owner)
-        yield f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-    except BaseException:
-        log = root / "server.log"
-        if log.exists():
-            print("tiny-cache server.log:\n" + log.read_text()[-4000:])
-        raise
-    finally:
-        stop_and_remove()
+        s.start()
+        yield f"host=127.0.0.1 port={s.port} user=postgres dbname=postgres"
 
 
 def test_a_tiny_cache_evicts_and_stays_correct(conn, tiny_cache_server):

@@ -4,68 +4,32 @@ with its own socket directory. The configuration comes with the base backup, so 
 standby preloads pg_rerank and runs its own worker. rerank() in worker mode, rerank_topk
 and embed() on the standby give the primary's results. The standby is stopped and removed
 afterwards, also when a test fails."""
-import os
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from conftest import free_port, primary_server, run, stats, wait_for, worker
-
-STATE = Path(os.environ.get("PG_RERANK_STATE", "/tmp"))
-
+from conftest import run, second_server, stats, wait_for, worker
 
 @pytest.fixture(scope="module")
 def standby(dsn):
     with psycopg.connect(dsn, autocommit=True) as primary:
-        bindir, owner = primary_server(primary)
         primary_port = primary.info.port
         dbname = primary.info.dbname
-    port = free_port()
-    root = STATE / f"standby-{port}"
-    data, sock = root / "pgdata", root / "sock"
-    pg_ctl = str(bindir / "pg_ctl")
-
-    def stop_and_remove():
-        if (data / "postmaster.pid").exists():
-            subprocess.run((["runuser", "-u", owner, "--"] if os.geteuid() == 0 else [])
-                           + [pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
-
-    stop_and_remove()  # a standby left by a killed run
-    try:
-        root.mkdir(parents=True)
-        if os.geteuid() == 0:
-            shutil.chown(root, owner)
-        run(["mkdir", "-m", "700", str(sock)], owner)
+    with second_server(dsn, "standby") as s:
         t0 = time.monotonic()
         # A replication connection over 127.0.0.1 (initdb -A trust allows it); -R writes
         # primary_conninfo and standby.signal; -c fast: do not wait for a checkpoint.
-        run([str(bindir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary_port), "-U", "postgres",
-             "-D", str(data), "-R", "-X", "stream", "-c", "fast", "--no-sync"], owner)
+        run([str(s.bindir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary_port), "-U", "postgres",
+             "-D", str(s.data), "-R", "-X", "stream", "-c", "fast", "--no-sync"], s.owner)
         t1 = time.monotonic()
-        conf = (data / "postgresql.conf").read_text()
+        conf = (s.data / "postgresql.conf").read_text()
         assert "shared_preload_libraries = 'pg_rerank'" in conf
         # Its own port and socket directory; everything else (preload, model settings) as
-        # the primary's configuration says. The server runs without RUST_BACKTRACE, as
-        # start_cluster starts the primary.
-        run(["env", "-u", "RUST_BACKTRACE", "-u", "RUST_LIB_BACKTRACE", pg_ctl, "-D", str(data),
-             "-l", str(root / "server.log"), "-w", "-t", "60",
-             "-o", f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={sock}",
-             "start"], owner)
-        print(f"standby on port {port}: base backup {t1 - t0:.1f} s, start {time.monotonic() - t1:.1f} s")
-        yield f"host=127.0.0.1 port={port} user=postgres dbname={dbname}"
-    except BaseException:
-        log = root / "server.log"
-        if log.exists():
-            print("standby server.log:\n" + log.read_text()[-4000:])
-        raise
-    finally:
-        stop_and_remove()
+        # the primary's configuration says.
+        s.start(["-o", f"-c port={s.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={s.sock}"])
+        print(f"standby on port {s.port}: base backup {t1 - t0:.1f} s, start {time.monotonic() - t1:.1f} s")
+        yield f"host=127.0.0.1 port={s.port} user=postgres dbname={dbname}"
 
 
 @pytest.fixture()
