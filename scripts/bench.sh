@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): starts a private cluster with pg_rerank preloaded, loads the
 # shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, sql_overhead, end_to_end, recipes,
-# cascade, bulk, embed, cache, latency, soak). Results
+# cascade, bulk, embed, long_documents, cache, latency, soak). Results
 # go to benches/results/, plots to docs/img/. Run nothing else meanwhile: the figures are
 # ratios measured in one run, but a busy machine still skews them.
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
 bash scripts/setup.sh
 .venv/bin/pip install -q 'matplotlib==3.9.*' "onnxruntime==$ORT_VERSION" 'onnx==1.*' 'sympy==1.*' 'tokenizers==0.*'
-if [ "${1:-}" = head_to_head ]; then
-    # PyTorch's PyPI wheel brings its CUDA libraries: about 6 GB on disk.
+if [ "${1:-}" = head_to_head ] || [ "${1:-}" = embed ]; then
+    # PyTorch's PyPI wheel brings its CUDA libraries: about 6 GB on disk. embed compares
+    # embed_batch() with sentence-transformers too.
     .venv/bin/pip install -q 'torch==2.15.*' 'sentence-transformers==6.2.*'
 fi
 STATE="$(state_dir)"
@@ -71,6 +72,10 @@ case "${1:-concurrency}" in
     embed)
         .venv/bin/python benches/embed.py "$SHARED" "$DSN" benches/results/embed.json \
             "${PG_RERANK_BENCH_TEXTS:-2000}" "${PG_RERANK_BENCH_THREADS:-2}"
+        ;;
+    long_documents)
+        .venv/bin/python benches/long.py "$SHARED" "$DSN" benches/results/long_documents.json \
+            "${PG_RERANK_BENCH_QUERIES:-20}"
         ;;
     cache)
         .venv/bin/python scripts/load_corpus.py "$DSN" "$SHARED/data/debian"
