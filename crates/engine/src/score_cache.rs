@@ -74,7 +74,6 @@ pub struct Set {
 pub struct Header {
     epoch: AtomicU64,
     sets: AtomicU64,
-    inserts: AtomicU64,
     evictions: AtomicU64,
     invalidations: AtomicU64,
 }
@@ -101,7 +100,6 @@ pub fn bytes_for(sets: usize) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheCounts {
     pub capacity: u64,
-    pub inserts: u64,
     pub evictions: u64,
     pub invalidations: u64,
 }
@@ -203,14 +201,12 @@ impl<'a> ScoreCache<'a> {
         slot.score.store(score.to_bits(), Ordering::Relaxed);
         slot.used.store(now, Ordering::Relaxed);
         slot.epoch.store(epoch, Ordering::Relaxed);
-        self.header.inserts.fetch_add(1, Ordering::Relaxed);
         true
     }
 
     pub fn counts(&self) -> CacheCounts {
         CacheCounts {
             capacity: (self.sets.len() * WAYS) as u64,
-            inserts: self.header.inserts.load(Ordering::Relaxed),
             evictions: self.header.evictions.load(Ordering::Relaxed),
             invalidations: self.header.invalidations.load(Ordering::Relaxed),
         }
