@@ -45,6 +45,15 @@ def texts(data, ids):
     return out
 
 
+def reference_calls(data, n):
+    """The first `n` reference queries in file order: [(query id, query text, candidates
+    as reference() gives them, their documents' texts in that order)]."""
+    qtext = queries(data)
+    items = list(reference(data).items())[:n]
+    corpus = texts(data, (d for _, c in items for _, d, _ in c))
+    return [(q, qtext[q], c, [corpus[d] for _, d, _ in c]) for q, c in items]
+
+
 def ndcg10(ranked, rel):
     """NDCG@10 of doc ids in ranked order against {doc id: grade}."""
     dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))

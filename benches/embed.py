@@ -47,6 +47,8 @@ import onnxruntime as ort
 import psycopg
 from tokenizers import Tokenizer
 
+from feeds import padded
+
 SHARED, DSN, OUT_JSON = sys.argv[1:4]
 N = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
 THREADS = int(sys.argv[5]) if len(sys.argv) > 5 else 2
@@ -102,14 +104,9 @@ def python_onnxruntime():
         out = [None] * len(docs)
         for b in range(0, len(order), 32):
             rows = order[b:b + 32]
-            width = max(len(enc[i].ids) for i in rows)
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for r, i in enumerate(rows):
-                n = len(enc[i].ids)
-                ids[r, :n] = enc[i].ids
-                mask[r, :n] = 1
-            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            # One text each: its token_type_ids are zeros.
+            feed = padded(enc, rows)
+            mask = feed["attention_mask"]
             hidden = sess.run(None, {n: feed[n] for n in names})[0]
             pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
             pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)

@@ -35,6 +35,7 @@ import psycopg
 from tokenizers import Tokenizer
 
 import devset
+from feeds import padded
 
 SHARED, DSN, ENGINE, OUT_JSON, OUT_PNG = sys.argv[1:6]
 QUERIES = int(sys.argv[6]) if len(sys.argv) > 6 else 5
@@ -46,11 +47,9 @@ DATA = Path(SHARED) / "data" / "debian"
 
 def inputs():
     """[(query, docs)] and the reference logits of each call's pairs."""
-    corpus = {d["id"]: d["text"] for d in map(json.loads, open(DATA / "corpus.jsonl"))}
-    qtext = devset.queries(DATA)
     calls, logits = [], []
-    for q, c in list(devset.reference(DATA).items())[:QUERIES]:
-        calls.append((qtext[q], [corpus[d] for _, d, _ in c]))
+    for _, query, c, docs in devset.reference_calls(DATA, QUERIES):
+        calls.append((query, docs))
         logits.append([x for _, _, x in c])
     return calls, logits
 
@@ -109,15 +108,7 @@ def python_ort(path, threads, batch=32, by_length=False):
         out = np.zeros(len(encs), np.float32)
         for i in range(0, len(order), batch):
             rows = order[i:i + batch]
-            width = max(len(encs[r].ids) for r in rows)
-            ids = np.zeros((len(rows), width), np.int64)
-            mask = np.zeros_like(ids)
-            types = np.zeros_like(ids)
-            for k, r in enumerate(rows):
-                e = encs[r]
-                n = len(e.ids)
-                ids[k, :n], mask[k, :n], types[k, :n] = e.ids, 1, e.type_ids
-            out[rows] = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0][:, 0]
+            out[rows] = sess.run(None, padded(encs, rows))[0][:, 0]
         return out
     return score
 
@@ -190,7 +181,6 @@ def int8_gemm_rate(threads):
     node (uint8 activations x int8 weights, int32 out) in onnxruntime, whose MLAS kernels
     use AVX-512 VNNI where the CPU has it, as the quantized model's MatMulInteger nodes
     do. Best of three 3-second runs."""
-    import onnx
     from onnx import TensorProto, helper
     m, k, n = 4096, 384, 1536
     rng = np.random.default_rng(0)

@@ -55,6 +55,7 @@ from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devset  # noqa: E402
+from feeds import padded  # noqa: E402
 
 
 def plan(lengths, max_pairs, max_tokens):
@@ -78,10 +79,7 @@ def plan(lengths, max_pairs, max_tokens):
 def calls(shared, queries):
     """[(query text, [document text])] of the first `queries` dev queries, candidates in
     first-stage order, as bench_engine reads them."""
-    data = Path(shared) / "data" / "debian"
-    corpus = {d["id"]: d["text"] for d in map(json.loads, open(data / "corpus.jsonl"))}
-    qtext = devset.queries(data)
-    return [(qtext[q], [corpus[d] for _, d, _ in c]) for q, c in list(devset.reference(data).items())[:queries]]
+    return [(query, docs) for _, query, _, docs in devset.reference_calls(Path(shared) / "data" / "debian", queries)]
 
 
 def feeds(tokenizer, query, docs, max_pairs, max_tokens):
@@ -89,15 +87,7 @@ def feeds(tokenizer, query, docs, max_pairs, max_tokens):
     encs = tokenizer.encode_batch([(query, d) for d in docs])
     out = []
     for rows in plan([len(e.ids) for e in encs], max_pairs, max_tokens):
-        width = max(len(encs[r].ids) for r in rows)
-        ids = np.zeros((len(rows), width), np.int64)
-        mask = np.zeros_like(ids)
-        types = np.zeros_like(ids)
-        for k, r in enumerate(rows):
-            e = encs[r]
-            n = len(e.ids)
-            ids[k, :n], mask[k, :n], types[k, :n] = e.ids, 1, e.type_ids
-        out.append((rows, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}))
+        out.append((rows, padded(encs, rows)))
     return out
 
 
@@ -297,15 +287,14 @@ def quality(args):
     batches: sorted, 4 pairs, 2,048 tokens) and mean |logit - fp32 reference logit|."""
     data = Path(args.shared) / "data" / "debian"
     tok = Tokenizer.from_file(str(Path(args.shared) / "models" / "minilm-debian" / "tokenizer.json"))
-    corpus = {d["id"]: d["text"] for d in map(json.loads, open(data / "corpus.jsonl"))}
-    qtext, rel = devset.queries(data), devset.qrels(data)
-    items = list(devset.reference(data).items())[:args.queries]
+    rel = devset.qrels(data)
+    items = devset.reference_calls(data, args.queries)
     results = {}
     for m in args.models:
         score = scorer(m, tok, args.threads, 4, 2048)
         nd, diff = [], []
-        for q, c in items:
-            s = score(qtext[q], [corpus[d] for _, d, _ in c])
+        for q, query, c, docs in items:
+            s = score(query, docs)
             nd.append(devset.ndcg10([c[i][1] for i in np.argsort(-s, kind="stable")], rel.get(q, {})))
             diff.extend(np.abs(s - np.array([x for _, _, x in c])))
         results[Path(m).name] = {"ndcg10": float(np.mean(nd)), "mean_abs_logit_diff_fp32": float(np.mean(diff))}
