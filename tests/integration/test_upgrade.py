@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # Every released version, oldest first: each is installed and updated to the current one.
-PREVIOUS = ("0.1.0", "0.2.0")
+PREVIOUS = ("0.1.0", "0.2.0", "0.3.0")
 
 # Everything the extension owns, described by what a user can observe: signatures with
 # argument names and defaults, results, volatility, strictness, parallel safety, the C
@@ -88,13 +88,17 @@ def test_an_update_gives_what_a_fresh_install_gives(databases, previous):
         assert old.execute(f"SELECT rerank_topk(%s, id, body, 1) FROM {rows}", (q, doc)).fetchone()[0] == [2]
         # rerank gained min_score in 0.2.0; rerank, rerank_score and rerank_pairs gained
         # instruction in 0.3.0.
-        with pytest.raises(psycopg.errors.InternalError_, match="min_score" if previous == "0.1.0" else "instruction"):
-            old.execute("SELECT * FROM rerank(%s, ARRAY[%s], 'minilm-debian')", (q, doc))
-        with pytest.raises(psycopg.errors.InternalError_, match="instruction"):
-            old.execute("SELECT rerank_score(%s, %s, 'minilm-debian')", (q, doc))
+        if previous in ("0.1.0", "0.2.0"):
+            with pytest.raises(psycopg.errors.InternalError_, match="min_score" if previous == "0.1.0" else "instruction"):
+                old.execute("SELECT * FROM rerank(%s, ARRAY[%s], 'minilm-debian')", (q, doc))
+            with pytest.raises(psycopg.errors.InternalError_, match="instruction"):
+                old.execute("SELECT rerank_score(%s, %s, 'minilm-debian')", (q, doc))
+        else:
+            assert old.execute("SELECT idx FROM rerank(%s, ARRAY[%s], 'minilm-debian')", (q, doc)).fetchall() == [(1,)]
         # Functions whose result columns changed refuse to run under the old declaration
         # (Postgres would read the new values by the old columns' types and crash).
-        changed = ["pg_rerank_worker()", "pg_rerank_stats"] + (["rerank_models()"] if previous == "0.1.0" else [])
+        changed = {"0.1.0": ["pg_rerank_worker()", "pg_rerank_stats", "rerank_models()"],
+                   "0.2.0": ["pg_rerank_worker()", "pg_rerank_stats"]}.get(previous, [])
         for source in changed:
             with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
                 old.execute(f"SELECT * FROM {source}")
