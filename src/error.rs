@@ -44,6 +44,10 @@ pub fn engine(e: EngineError) -> ErrorReport {
             ERRCODE_INVALID_PARAMETER_VALUE,
             Some("Only instruction-following rerankers (a reranker_prompt.json beside the model) take an instruction; pass NULL for other models."),
         ),
+        ErrorKind::InstructionTooLong => (
+            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            Some("An instruction says in a sentence or two what makes a document relevant: give one of at most 16384 bytes."),
+        ),
         ErrorKind::Device => (
             ERRCODE_CONFIG_FILE_ERROR,
             Some("Set pg_rerank.device = cpu or pg_rerank.device_fallback = on and reload, or install the GPU runtime (README.md, \"GPU\"), point pg_rerank.onnxruntime at it and restart."),

@@ -347,6 +347,7 @@ fn kind_code(k: ErrorKind) -> u32 {
         ErrorKind::Device => 10,
         ErrorKind::WrongModelKind => 11,
         ErrorKind::NoInstruction => 12,
+        ErrorKind::InstructionTooLong => 13,
     }
 }
 
@@ -363,6 +364,7 @@ fn code_kind(c: u32) -> ErrorKind {
         10 => ErrorKind::Device,
         11 => ErrorKind::WrongModelKind,
         12 => ErrorKind::NoInstruction,
+        13 => ErrorKind::InstructionTooLong,
         _ => ErrorKind::Inference,
     }
 }

@@ -503,6 +503,12 @@ impl Worker {
                 submitted_us: s.submitted_us.load(Ordering::Relaxed),
                 taken_us: shmem::now_us(),
             };
+            // Backends refuse an over-long instruction before they send it; never render one
+            // into every pair's prompt here all the same.
+            if let Err(e) = pg_rerank_engine::model::check_instruction(live.instruction.as_deref()) {
+                self.answer(live, Err(e), 0);
+                continue;
+            }
             match self.model(&key) {
                 Ok(m) => {
                     live.model_stats = self.shared.model_stats(&key.1);

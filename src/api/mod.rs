@@ -77,6 +77,8 @@ pub(crate) fn score_pairs(
     raw: bool,
     class: Priority,
 ) -> SqlResult<Vec<f32>> {
+    // First of all: an over-long instruction fails at once, before any work per pair.
+    pg_rerank_engine::model::check_instruction(instruction).map_err(engine)?;
     let name = models::model_name(model)?;
     if instruction.is_some() && !models::splitter(&name)?.takes_instruction() {
         return Err(engine(pg_rerank_engine::model::no_instruction(&name)));
@@ -110,12 +112,20 @@ fn score_cached(cache: ScoreCache<'static>, how: Scoring, pairs: &[(&str, &str)]
             format!("raw={raw} chunk max_chunks={} overlap={}", c.max_chunks, c.overlap)
         }
     };
-    // Debug quoting tells no instruction from an empty one, and any text from another.
-    let instruction = format!("{:?}", how.instruction);
-    let fixed = [dir.as_os_str().as_encoded_bytes(), how.model.as_bytes(), instruction.as_bytes(), settings.as_bytes()];
+    // What every pair of the call shares is hashed once, and its key is a part of each
+    // pair's key. A leading byte tells no instruction from an empty one.
+    let (has, instruction) = match how.instruction {
+        Some(i) => (&b"i"[..], i.as_bytes()),
+        None => (&b"-"[..], &b""[..]),
+    };
+    let call = Key::new(&[dir.as_os_str().as_encoded_bytes(), how.model.as_bytes(), has, instruction, settings.as_bytes()])
+        .to_bytes();
     let keys: Vec<Key> = pairs
         .iter()
-        .map(|(q, d)| Key::new(&[&fixed[..], &[clip_text(q).as_bytes(), clip_text(d).as_bytes()]].concat()))
+        .map(|(q, d)| {
+            pgrx::check_for_interrupts!();
+            Key::new(&[&call, clip_text(q).as_bytes(), clip_text(d).as_bytes()])
+        })
         .collect();
     let found: Vec<Option<f32>> = keys.iter().map(|k| cache.get(k)).collect();
     let missing: Vec<usize> = (0..pairs.len()).filter(|&i| found[i].is_none()).collect();

@@ -279,6 +279,7 @@ impl Splitter {
     /// Tokens of document that fit in one window beside `query`, with `instruction` in
     /// place of the model's own (LLM rerankers).
     pub fn room_with(&self, query: &str, instruction: Option<&str>) -> Result<usize> {
+        crate::model::check_instruction(instruction)?;
         let fixed = match &self.prompt {
             Some(p) => self.count(p.render_with(instruction, query, "").as_str().into())?,
             None => self.count((query, "").into())?,
@@ -360,6 +361,7 @@ pub fn expand_with<'a>(
     instruction: Option<&str>,
     check: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Expanded<'a>> {
+    crate::model::check_instruction(instruction)?;
     let mut out = Expanded { pairs: Vec::with_capacity(pairs.len()), ..Default::default() };
     // The room a query leaves, tokenized once for the run of pairs that share it.
     let mut room: Option<(&str, usize)> = None;

@@ -29,6 +29,8 @@ pub enum ErrorKind {
     WrongModelKind,
     /// An instruction for a model that reads none (not an instruction-following reranker).
     NoInstruction,
+    /// An instruction longer than [`crate::model::MAX_INSTRUCTION_BYTES`].
+    InstructionTooLong,
 }
 
 #[derive(Debug, Clone, PartialEq)]

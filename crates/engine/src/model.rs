@@ -105,6 +105,23 @@ impl Tokenized for Encoded {
 /// document would otherwise cost a full tokenization.
 pub(crate) const CHARS_PER_TOKEN_BOUND: usize = 32;
 
+/// Longest instruction accepted, in bytes. An instruction is read in every pair's prompt
+/// (rendered and tokenized with each), so its length multiplies the work of a call; a
+/// sentence or two is what instruction-following rerankers are trained on.
+pub const MAX_INSTRUCTION_BYTES: usize = 16 * 1024;
+
+/// Refuses an instruction longer than [`MAX_INSTRUCTION_BYTES`]. Cheap (its length only):
+/// callers check before anything else, so an over-long one fails at once.
+pub fn check_instruction(instruction: Option<&str>) -> Result<()> {
+    match instruction {
+        Some(i) if i.len() > MAX_INSTRUCTION_BYTES => Err(EngineError::new(
+            ErrorKind::InstructionTooLong,
+            format!("instruction is too long: {} bytes, the limit is {MAX_INSTRUCTION_BYTES}", i.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub struct Model {
     name: String,
     dir: PathBuf,
@@ -254,6 +271,7 @@ impl Model {
 
     /// [`Model::encode`] with `instruction` in place of the model's own (LLM rerankers).
     pub fn encode_with(&self, query: &str, doc: &str, instruction: Option<&str>) -> Result<Encoded> {
+        check_instruction(instruction)?;
         let bound = self.char_bound();
         let (q, q_cut) = cut_chars(query, bound);
         let (d, d_cut) = cut_chars(doc, bound);
@@ -316,6 +334,7 @@ impl Model {
         instruction: Option<&str>,
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(Vec<f32>, ScoreStats)> {
+        check_instruction(instruction)?;
         let mut encoded = Vec::with_capacity(pairs.len());
         // Tokenize in chunks so that a cancel is seen between them.
         for chunk in pairs.chunks(256) {
@@ -340,6 +359,9 @@ impl Model {
         threads: usize,
         instruction: Option<&str>,
     ) -> Vec<Result<Encoded>> {
+        if let Err(e) = check_instruction(instruction) {
+            return vec![Err(e)];
+        }
         let threads = threads.clamp(1, 16).min(pairs.len().div_ceil(16)).max(1);
         if threads == 1 {
             return pairs.iter().map(|(q, d)| self.encode_with(q, d, instruction)).collect();

@@ -44,6 +44,15 @@ impl Key {
         };
         Key([hash(0x5a), hash(0xa5)])
     }
+
+    /// The key's 16 bytes: a key of parts shared by many keys (hashed once) can be one
+    /// part of each of them.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.0[0].to_le_bytes());
+        out[8..].copy_from_slice(&self.0[1].to_le_bytes());
+        out
+    }
 }
 
 #[repr(C)]

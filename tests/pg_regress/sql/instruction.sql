@@ -39,3 +39,15 @@ SELECT pg_temp.err($$SELECT * FROM rerank('chess', ARRAY['GNU Chess'], 'tiny/ber
 SELECT pg_temp.err($$SELECT rerank_pairs(ARRAY['q'], ARRAY['d'], 'tiny/bert', instruction => 'x')$$);
 \set VERBOSITY default
 SELECT * FROM rerank('chess', ARRAY['GNU Chess'], 'tiny/bert', instruction => 'x');
+
+-- An instruction over 16 KiB is refused at once (54000), before any pair is read, in every
+-- function: 400 MB of one (issue 20) made a call that could not be cancelled.
+SET statement_timeout = '60s';
+\set VERBOSITY terse
+SELECT pg_temp.err($$SELECT * FROM rerank('q', array_fill('d'::text, ARRAY[1000]), 'tiny/qwen3', instruction => repeat(chr(1), 400000000))$$);
+SELECT pg_temp.err($$SELECT rerank_score('q', 'd', 'tiny/qwen3', instruction => repeat('x', 16385))$$);
+SELECT pg_temp.err($$SELECT rerank_pairs(ARRAY['q'], ARRAY['d'], 'tiny/qwen3', instruction => repeat('x', 16385))$$);
+SELECT rerank_score('q', 'd', 'tiny/qwen3', instruction => repeat('x', 16384)) IS NOT NULL AS at_the_limit;
+\set VERBOSITY default
+SELECT * FROM rerank('q', ARRAY['d'], 'tiny/qwen3', instruction => repeat('é', 8193));
+RESET statement_timeout;

@@ -1,0 +1,45 @@
+//! Hostile and careless input (issue 20): each test here failed before its fix.
+
+mod common;
+
+use pg_rerank_engine::chunk::{self, ChunkOptions, Splitter};
+use pg_rerank_engine::model::MAX_INSTRUCTION_BYTES;
+use pg_rerank_engine::{EngineError, ErrorKind, ScoreOptions};
+use std::time::{Duration, Instant};
+
+fn never_stop() -> impl FnMut() -> Result<(), EngineError> {
+    || Ok(())
+}
+
+/// Issue 20, item 1: an instruction of 400 MB made every pair render, hash and tokenize it
+/// (a call that could not be stopped). Anything over 16 KiB is refused before any pair is
+/// looked at, in every path that reads one: scoring here, the worker's tokenizing, and
+/// splitting long documents.
+#[test]
+fn an_over_long_instruction_is_refused_at_once() {
+    assert_eq!(MAX_INSTRUCTION_BYTES, 16 * 1024);
+    let model = common::load("tiny/qwen3");
+    let long = "\u{1}".repeat(MAX_INSTRUCTION_BYTES + 1);
+    let pairs = vec![("q", "d"); 1000];
+    let started = Instant::now();
+    let err = model
+        .score_pairs_with(&pairs, ScoreOptions::default(), Some(&long), &mut never_stop())
+        .expect_err("an over-long instruction scores nothing");
+    assert_eq!(err.kind, ErrorKind::InstructionTooLong);
+    assert_eq!(err.message, "instruction is too long: 16385 bytes, the limit is 16384");
+    let worker = model.encode_many_with(&pairs, 2, Some(&long));
+    assert_eq!(worker.len(), 1, "one error for the whole request, no work per pair");
+    assert_eq!(worker[0].as_ref().expect_err("refused").kind, ErrorKind::InstructionTooLong);
+    let splitter = model.splitter();
+    let e = chunk::expand_with(splitter, &pairs, ChunkOptions::default(), Some(&long), &mut never_stop())
+        .expect_err("refused");
+    assert_eq!(e.kind, ErrorKind::InstructionTooLong);
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once, took {:?}", started.elapsed());
+
+    // At the limit an instruction is read as before.
+    let at_limit = "x".repeat(MAX_INSTRUCTION_BYTES);
+    let (scores, _) = model
+        .score_pairs_with(&pairs[..2], ScoreOptions::default(), Some(&at_limit), &mut never_stop())
+        .expect("an instruction of 16 KiB scores");
+    assert!(scores.iter().all(|s| s.is_finite()));
+}
