@@ -21,8 +21,11 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, A
 
 pub const SLOTS: usize = 1024;
 pub const MODELS: usize = 16;
-const NAME_LEN: usize = 120;
-const SLOT_NAME_LEN: usize = 64;
+/// A model's statistics entry and a request slot hold its whole name: a name clipped
+/// here would miss its own entry (which is found by the full name) and share one with
+/// every name of the same beginning.
+const NAME_LEN: usize = pg_rerank_engine::registry::MAX_NAME_LEN;
+const SLOT_NAME_LEN: usize = pg_rerank_engine::registry::MAX_NAME_LEN;
 const STATUS_LEN: usize = 1024;
 const BUCKETS: usize = 128;
 
@@ -30,7 +33,7 @@ const BUCKETS: usize = 128;
 /// use a segment it did not make (a server restart is needed after an upgrade anyway,
 /// since the library is preloaded).
 const MAGIC: u32 = 0x5052_4b53; // "PRKS"
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// The named LWLock tranche (of one lock) that serialises the initialisation of the
 /// segment: requested by name instead of indexing `MainLWLockArray` with

@@ -220,6 +220,30 @@ def test_failed_model_does_not_stop_the_worker(wconn, swap_dir):
     assert wconn.execute("SELECT count(*) FROM rerank('q', ARRAY['d'])").fetchone()[0] == 1
 
 
+def test_a_200_byte_model_name_has_its_own_statistics(wconn, swap_dir):
+    # Issue 20, item 9: the statistics kept 120 bytes of a name (and progress 64) where a
+    # name may hold 200: such a model was counted under a clipped name, its backends
+    # never found that entry (cache hits went uncounted), and names of the same first 120
+    # bytes shared one.
+    name = "m" * 199 + "a"
+    assert len(name.encode()) == 200
+    put_model(swap_dir, name, "tiny/bert")
+    wconn.execute("SELECT set_config('pg_rerank.model_dir', %s, false)", (str(swap_dir),))
+    wconn.execute("SET pg_rerank.cache = on")
+    q = "SELECT count(*) FROM rerank('q', ARRAY['a', 'b', 'c'], model => %s)"
+    try:
+        assert wconn.execute(q, (name,)).fetchone()[0] == 3
+        # The same call again: answered from the score cache, counted on the model's entry.
+        assert wconn.execute(q, (name,)).fetchone()[0] == 3
+    finally:
+        wconn.execute("RESET pg_rerank.model_dir")
+        wconn.execute("RESET pg_rerank.cache")
+    row = stats(wconn, name)
+    assert row is not None, [r[0][:12] + "..." for r in wconn.execute("SELECT model FROM pg_rerank_stats")]
+    assert row["pairs"] == 3 and row["requests"] == 1, row
+    assert row["cache_hits"] == 3 and row["cache_misses"] == 3, row
+
+
 def test_cuda_that_cannot_start(wconn):
     # CI's ONNX Runtime is the CPU build: CUDA cannot start there.
     try:
