@@ -1,9 +1,15 @@
 //! `rerank_models()`: what pg_rerank.model_dir holds.
 
 use crate::models;
-use pg_rerank_engine::{is_bi_encoder, registry, ModelConfig};
+use pg_rerank_engine::config::ConfigCache;
+use pg_rerank_engine::{is_bi_encoder, registry};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+
+thread_local! {
+    /// The configurations rerank_models() read in this backend.
+    static CONFIGS: std::cell::RefCell<ConfigCache> = std::cell::RefCell::default();
+}
 
 /// The models under pg_rerank.model_dir, variants (`name:variant`, the graph
 /// `model_<variant>.onnx` beside `model.onnx`) included: name, kind ('cross-encoder' for
@@ -29,13 +35,13 @@ fn rerank_models(fcinfo: pgrx::pg_sys::FunctionCallInfo) -> Result<
 > {
     crate::error::check_columns(fcinfo, 7, "rerank_models")?;
     let root = models::model_dir()?;
-    let rows: Vec<_> = registry::list(&root)
-        .into_iter()
+    let listed = registry::list(&root);
+    let rows: Vec<_> = listed
+        .iter()
+        .cloned()
         .map(|(name, at)| {
-            let config = std::fs::read(at.dir.join("tokenizer.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .and_then(|tok| ModelConfig::discover(&at.dir, &tok).ok());
+            // Parsed once per backend, and again only when the model's files change.
+            let config = CONFIGS.with_borrow_mut(|c| c.get(&at.dir));
             let bi_encoder = is_bi_encoder(&at.dir);
             let mut max_length = config.as_ref().map(|c| c.max_length);
             let mut dimensions = None;
@@ -64,5 +70,6 @@ fn rerank_models(fcinfo: pgrx::pg_sys::FunctionCallInfo) -> Result<
             )
         })
         .collect();
+    CONFIGS.with_borrow_mut(|c| c.retain(|dir| listed.iter().any(|(_, at)| at.dir == dir)));
     Ok(TableIterator::new(rows))
 }

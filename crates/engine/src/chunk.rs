@@ -341,8 +341,9 @@ pub struct Expanded<'a> {
     pub truncated: usize,
 }
 
-/// Expands `pairs` into windows with `splitter`. `check` runs every 256 pairs and may stop
-/// the work by returning an error (cancellation).
+/// Expands `pairs` into windows with `splitter`. `check` runs before every document that
+/// is tokenized to be split (and every 256 short ones) and may stop the work by returning
+/// an error (cancellation).
 pub fn expand<'a>(
     splitter: &Splitter,
     pairs: &[(&'a str, &'a str)],
@@ -366,12 +367,16 @@ pub fn expand_with<'a>(
     // The room a query leaves, tokenized once for the run of pairs that share it.
     let mut room: Option<(&str, usize)> = None;
     for (i, &(q, d)) in pairs.iter().enumerate() {
-        if i % 256 == 0 {
-            check()?;
-        }
         let w = if splitter.surely_fits(d) {
+            // Short documents cost nothing each: a glance for a cancel every 256.
+            if i % 256 == 0 {
+                check()?;
+            }
             Windows { texts: vec![d], truncated: false }
         } else {
+            // A long one is tokenized whole (up to what max_chunks windows read): a cancel
+            // is seen before each.
+            check()?;
             let r = match room {
                 Some((rq, r)) if rq == q => r,
                 _ => splitter.room_with(q, instruction)?,

@@ -230,6 +230,85 @@ fn pad_from_tokenizer(tokenizer: &Value, tok_config: &Value) -> Option<i64> {
         .find_map(|t| (t.get("content")?.as_str()? == pad).then(|| t.get("id")?.as_i64()).flatten())
 }
 
+/// The files a model's configuration is read from.
+const CONFIG_FILES: [&str; 4] = ["tokenizer.json", "config.json", "tokenizer_config.json", "reranker_prompt.json"];
+
+/// Size and modification time of each of [`CONFIG_FILES`] (None: absent or unreadable).
+type Stamp = Vec<Option<(std::time::SystemTime, u64)>>;
+
+/// Model directories' configurations, kept between calls (of `rerank_models()`) and read
+/// again only when one of the files they come from changed size or modification time:
+/// parsing every `tokenizer.json` (megabytes of JSON for large vocabularies) on each call
+/// made a listing cost as much as loading every tokenizer.
+#[derive(Default)]
+pub struct ConfigCache {
+    entries: std::collections::HashMap<std::path::PathBuf, (Stamp, Option<ModelConfig>)>,
+    parses: usize,
+}
+
+impl ConfigCache {
+    /// The configuration of the model in `dir` (None when its files do not give one).
+    pub fn get(&mut self, dir: &Path) -> Option<ModelConfig> {
+        let stamp: Stamp = CONFIG_FILES
+            .iter()
+            .map(|f| fs::metadata(dir.join(f)).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+            .collect();
+        if let Some((seen, config)) = self.entries.get(dir) {
+            if *seen == stamp {
+                return config.clone();
+            }
+        }
+        self.parses += 1;
+        let config = fs::read(dir.join("tokenizer.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|tok| ModelConfig::discover(dir, &tok).ok());
+        self.entries.insert(dir.to_path_buf(), (stamp, config.clone()));
+        config
+    }
+
+    /// Forgets the directories `keep` says no to (models that are gone).
+    pub fn retain(&mut self, keep: impl Fn(&Path) -> bool) {
+        self.entries.retain(|dir, _| keep(dir));
+    }
+
+    /// Times a directory's files were parsed.
+    pub fn parses(&self) -> usize {
+        self.parses
+    }
+}
+
+#[cfg(test)]
+mod config_cache_tests {
+    use super::*;
+
+    #[test]
+    fn files_are_parsed_again_only_when_they_change() {
+        let dir = std::env::temp_dir().join(format!("pg_rerank_config_cache_{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("mkdir");
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/tiny/bert");
+        let shared = std::env::var_os("PG_RERANK_SHARED")
+            .map(|s| Path::new(&s).join("models/tiny/bert"))
+            .unwrap_or(shared);
+        fs::copy(shared.join("tokenizer.json"), dir.join("tokenizer.json")).expect("copy");
+        fs::write(dir.join("config.json"), r#"{"model_type": "bert", "max_position_embeddings": 64}"#).expect("write");
+        let mut cache = ConfigCache::default();
+        for _ in 0..3 {
+            assert_eq!(cache.get(&dir).expect("config").max_length, 64);
+        }
+        assert_eq!(cache.parses(), 1, "read once, then from the cache");
+        fs::write(dir.join("config.json"), r#"{"model_type": "bert", "max_position_embeddings": 128}"#).expect("write");
+        assert_eq!(cache.get(&dir).expect("config").max_length, 128, "a changed file is read again");
+        assert_eq!(cache.parses(), 2);
+        fs::remove_file(dir.join("tokenizer.json")).expect("rm");
+        assert!(cache.get(&dir).is_none(), "a removed file is seen");
+        cache.retain(|_| false);
+        assert!(cache.entries.is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
 #[cfg(test)]
 mod prompt_tests {
     use super::Prompt;

@@ -43,3 +43,34 @@ fn an_over_long_instruction_is_refused_at_once() {
         .expect("an instruction of 16 KiB scores");
     assert!(scores.iter().all(|s| s.is_finite()));
 }
+
+/// Issue 20, item 6: splitting long documents checked for a cancel only every 256 pairs,
+/// so a call of 255 huge documents could not be stopped. Now before every document it
+/// splits.
+#[test]
+fn splitting_long_documents_checks_for_a_cancel_before_each() {
+    let splitter = Splitter::load("tiny/bert", &common::shared().join("models/tiny/bert")).expect("splitter");
+    let long = "word ".repeat(3000);
+    let pairs: Vec<(&str, &str)> = vec![("q", long.as_str()), ("q", "short"), ("q", long.as_str()), ("q", long.as_str())];
+    let mut checks = 0;
+    let out = chunk::expand(&splitter, &pairs, ChunkOptions::default(), &mut || {
+        checks += 1;
+        Ok(())
+    })
+    .expect("splits");
+    assert_eq!(out.split, 3);
+    assert!(checks >= 3, "checked {checks} times for 3 long documents");
+
+    // A cancel after the first document stops the call there.
+    let mut seen = 0;
+    let err = chunk::expand(&splitter, &pairs, ChunkOptions::default(), &mut || {
+        seen += 1;
+        if seen > 1 {
+            Err(EngineError::new(ErrorKind::Cancelled, "canceling statement due to user request"))
+        } else {
+            Ok(())
+        }
+    })
+    .expect_err("cancelled");
+    assert_eq!(err.kind, ErrorKind::Cancelled);
+}
