@@ -262,7 +262,7 @@ impl Splitter {
     }
 
     fn count(&self, input: tokenizers::EncodeInput<'_>) -> Result<usize> {
-        self.tokenizer.encode(input, true).map(|e| e.len()).map_err(tokenize_failed)
+        crate::error::guard_tokenizer(|| self.tokenizer.encode(input, true).map(|e| e.len()).map_err(tokenize_failed))
     }
 
     /// No tokenizer gives more tokens than bytes: a document this short fits beside any
@@ -305,7 +305,7 @@ impl Splitter {
         // Beyond what max_chunks windows can read, nothing is tokenized.
         let bound = room.saturating_mul(opts.max_chunks.max(1) + 1).saturating_mul(32).max(4096);
         let (text, cut) = crate::model::cut_chars(doc, bound);
-        let enc = self.tokenizer.encode(text, false).map_err(tokenize_failed)?;
+        let enc = crate::error::guard_tokenizer(|| self.tokenizer.encode(text, false).map_err(tokenize_failed))?;
         let offsets = enc.get_offsets();
         if offsets.len() <= room && !cut {
             return Ok(whole);

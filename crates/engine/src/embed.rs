@@ -474,9 +474,11 @@ impl Embedder {
     }
 
     fn tokenize(&self, text: &str) -> Result<tokenizers::Encoding> {
-        self.tokenizer
-            .encode(text, true)
-            .map_err(|e| EngineError::new(ErrorKind::Tokenize, "could not tokenize").with_detail(e.to_string()))
+        crate::error::guard_tokenizer(|| {
+            self.tokenizer
+                .encode(text, true)
+                .map_err(|e| EngineError::new(ErrorKind::Tokenize, "could not tokenize").with_detail(e.to_string()))
+        })
     }
 
     /// Tokenizes one text as sentence-transformers does: the prompt of its kind before it,

@@ -64,3 +64,35 @@ impl fmt::Display for EngineError {
 impl std::error::Error for EngineError {}
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: the next guarded tokenizer call on this thread panics.
+    pub(crate) static PANIC_NEXT_TOKENIZE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a call into the tokenizers crate, turning a panic inside it (a bug it has on some
+/// input) into a [`ErrorKind::Tokenize`] error: the caller may be the background worker's
+/// main thread, which serves every backend and must not die of one request's text. The
+/// tokenizer is only read (`&self`), so nothing is left half-changed by the unwind.
+pub(crate) fn guard_tokenizer<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let run = || {
+        #[cfg(test)]
+        if PANIC_NEXT_TOKENIZE.with(|p| p.replace(false)) {
+            panic!("the tokenizer test hook panics");
+        }
+        f()
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string());
+            Err(EngineError::new(ErrorKind::Tokenize, "the tokenizer failed on this text")
+                .with_detail(format!("The tokenizers library panicked: {why}")))
+        }
+    }
+}

@@ -272,6 +272,10 @@ impl Model {
     /// [`Model::encode`] with `instruction` in place of the model's own (LLM rerankers).
     pub fn encode_with(&self, query: &str, doc: &str, instruction: Option<&str>) -> Result<Encoded> {
         check_instruction(instruction)?;
+        crate::error::guard_tokenizer(|| self.encode_unguarded(query, doc, instruction))
+    }
+
+    fn encode_unguarded(&self, query: &str, doc: &str, instruction: Option<&str>) -> Result<Encoded> {
         let bound = self.char_bound();
         let (q, q_cut) = cut_chars(query, bound);
         let (d, d_cut) = cut_chars(doc, bound);
@@ -473,4 +477,44 @@ pub fn cut_chars(s: &str, max: usize) -> (&str, bool) {
 pub fn no_instruction(name: &str) -> EngineError {
     EngineError::new(ErrorKind::NoInstruction, format!("model \"{name}\" takes no instruction"))
         .with_detail("It is not an instruction-following reranker: it has no reranker_prompt.json.")
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+    use crate::error::PANIC_NEXT_TOKENIZE;
+
+    fn shared_model(name: &str) -> PathBuf {
+        let shared = match std::env::var_os("PG_RERANK_SHARED") {
+            Some(p) => PathBuf::from(p),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+        };
+        shared.join("models").join(name)
+    }
+
+    /// Issue 20, suspected: a panic inside the tokenizers crate on the worker's main thread
+    /// (which tokenizes with one thread) ended the worker, and every backend's requests
+    /// with it. It is now the request's own error, and the next text tokenizes.
+    #[test]
+    fn a_tokenizer_panic_is_an_error_of_its_request() {
+        let ort = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/local/lib/onnxruntime/libonnxruntime.so.1.32.0"));
+        let env = crate::runtime::init(&ort).expect("ONNX Runtime loads");
+        let model = Model::load(env, "tiny/bert", &shared_model("tiny/bert"), &SessionOptions::default()).expect("loads");
+        let pairs = [("q", "a document"), ("q", "another one")];
+        for encode in [
+            &(|| model.encode_with("q", "d", None).map(|_| ())) as &dyn Fn() -> Result<()>,
+            // The worker's path: one tokenizing thread, the caller's own.
+            &|| model.encode_many_with(&pairs, 1, None).into_iter().collect::<Result<Vec<_>>>().map(|_| ()),
+            &|| model.splitter().room("q").map(|_| ()),
+        ] {
+            PANIC_NEXT_TOKENIZE.with(|p| p.set(true));
+            let err = encode().expect_err("the panic is an error");
+            assert_eq!(err.kind, ErrorKind::Tokenize);
+            assert_eq!(err.message, "the tokenizer failed on this text");
+            assert!(err.detail.as_deref().is_some_and(|d| d.contains("the tokenizer test hook panics")), "{err:?}");
+            encode().expect("the next call tokenizes");
+        }
+    }
 }
