@@ -130,6 +130,8 @@ fn admit(sh: &'static Shared, n: u64) -> SqlResult<Ticket> {
         if let Some(i) = (0..SLOTS).find(|&i| sh.slots[i].state.cas(SlotState::Free, SlotState::Claimed)) {
             let s = &sh.slots[i];
             s.owner_procno.store(procno, Ordering::Release);
+            // SAFETY: GetUserId only reads this backend's current role.
+            s.owner_role.store(u32::from(unsafe { pgrx::pg_sys::GetUserId() }), Ordering::Release);
             s.owner_pid.store(pid, Ordering::Release);
             s.pairs.store(0, Ordering::Release);
             MY_SLOT.store(i, Ordering::Release);

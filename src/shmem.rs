@@ -33,7 +33,7 @@ const BUCKETS: usize = 128;
 /// use a segment it did not make (a server restart is needed after an upgrade anyway,
 /// since the library is preloaded).
 const MAGIC: u32 = 0x5052_4b53; // "PRKS"
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// The named LWLock tranche (of one lock) that serialises the initialisation of the
 /// segment: requested by name instead of indexing `MainLWLockArray` with
@@ -157,6 +157,9 @@ pub struct Slot {
     pub owner_pid: AtomicI32,
     /// PGPROC number of the owner, whose latch the worker sets when done.
     pub owner_procno: AtomicI32,
+    /// The owner's current role (Oid) when it claimed the slot: pg_rerank_progress shows
+    /// a request to that role and to pg_read_all_stats only.
+    pub owner_role: AtomicU32,
     /// The worker generation (`Shared::worker_starts`) that took the request.
     pub generation: AtomicU64,
     pub dsm: AtomicU32,

@@ -9,6 +9,21 @@ use pg_rerank_engine::score_cache::CacheCounts;
 use pgrx::prelude::*;
 use std::sync::atomic::Ordering;
 
+/// Whether the current role reads every role's rows, by pg_stat_activity's rule: a member
+/// of pg_read_all_stats (superusers have every role's privileges).
+fn reads_all_stats() -> bool {
+    // SAFETY: has_privs_of_role reads the catalogs in the current transaction (a SQL
+    // function runs in one); GetUserId reads this backend's current role.
+    unsafe { pg_sys::has_privs_of_role(pg_sys::GetUserId(), pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS)) }
+}
+
+/// Whether the current role may see a row of `owner`: its own role's (or one whose
+/// privileges it has), or any with pg_read_all_stats.
+fn may_see(owner: u32, all: bool) -> bool {
+    // SAFETY: as in reads_all_stats.
+    all || unsafe { pg_sys::has_privs_of_role(pg_sys::GetUserId(), pg_sys::Oid::from(owner)) }
+}
+
 fn device_name(code: i32) -> Option<String> {
     match code {
         -1 => Some("cpu".into()),
@@ -120,7 +135,8 @@ fn pg_rerank_stats_reset() {
 /// model cache (models loaded, their estimated MB, load failures remembered), slots it
 /// reaped from owners that died without releasing them, the score cache (how many scores
 /// it holds at most, 0 without one; scores evicted to make room; times it was emptied),
-/// and its last problem.
+/// and its last problem (which names server files: '<insufficient privilege>' unless the
+/// role is a member of pg_read_all_stats or a superuser).
 #[pg_extern(volatile, parallel_safe)]
 fn pg_rerank_worker(fcinfo: pg_sys::FunctionCallInfo) -> Result<
     TableIterator<
@@ -164,7 +180,12 @@ fn pg_rerank_worker(fcinfo: pg_sys::FunctionCallInfo) -> Result<
         )));
     };
     let pid = sh.worker_pid.load(Ordering::Acquire);
-    let status = sh.status();
+    // The last problem names files and directories of the server: shown to
+    // pg_read_all_stats only, as pg_stat_activity shows other roles' queries.
+    let status = match sh.status() {
+        s if s.is_empty() || reads_all_stats() => s,
+        _ => "<insufficient privilege>".to_string(),
+    };
     let cache = shmem::cache().map(|c| c.counts());
     let count = |f: fn(&CacheCounts) -> u64| cache.as_ref().map_or(0, |c| f(c) as i64);
     Ok(TableIterator::once((
@@ -186,7 +207,8 @@ fn pg_rerank_worker(fcinfo: pg_sys::FunctionCallInfo) -> Result<
 }
 
 /// One row per request waiting for or running in the background worker, like
-/// pg_stat_progress_*: the backend's pid, the model, the priority (interactive or bulk),
+/// pg_stat_progress_* (and by its rule: a role sees its own requests, a member of
+/// pg_read_all_stats or a superuser every one): the backend's pid, the model, the priority (interactive or bulk),
 /// queued or running, the pairs of the whole SQL call and how many are scored (a large
 /// call is sent in requests of 1,024 pairs), and when the request was queued and taken.
 #[pg_extern(volatile, parallel_safe)]
@@ -208,6 +230,7 @@ fn pg_rerank_progress_raw(fcinfo: pg_sys::FunctionCallInfo) -> Result<
 > {
     check_columns(fcinfo, 8, "pg_rerank_progress_raw")?;
     let Some(sh) = shmem::get() else { return Ok(TableIterator::new(Vec::new())) };
+    let all = reads_all_stats();
     let mut rows = Vec::new();
     for s in &sh.slots {
         let request = s.request.load(Ordering::Acquire);
@@ -229,7 +252,8 @@ fn pg_rerank_progress_raw(fcinfo: pg_sys::FunctionCallInfo) -> Result<
         // A slot reused while we read it describes another request: skip it (a new owner
         // writes the model while Claimed, then a new request number, then Queued).
         let still = matches!(s.state.load(), SlotState::Queued | SlotState::Running);
-        if still && s.request.load(Ordering::Acquire) == request && row.0 != 0 {
+        let owner = s.owner_role.load(Ordering::Acquire);
+        if still && s.request.load(Ordering::Acquire) == request && row.0 != 0 && may_see(owner, all) {
             rows.push(row);
         }
     }

@@ -244,6 +244,50 @@ def test_a_200_byte_model_name_has_its_own_statistics(wconn, swap_dir):
     assert row["cache_hits"] == 3 and row["cache_misses"] == 3, row
 
 
+def test_progress_and_status_follow_pg_stat_activity_rules(dsn, wconn, swap_dir):
+    # Issue 20, item 7: any role saw every role's requests in pg_rerank_progress (pids and
+    # models) and the worker's last problem with the server's file paths. Now a role sees
+    # its own requests, and pg_read_all_stats (or a superuser) everything.
+    roles = {"alice": "", "bob": "", "carol": " IN ROLE pg_read_all_stats"}
+    for r, extra in roles.items():
+        wconn.execute(f"DROP ROLE IF EXISTS pg_rerank_{r}")
+        wconn.execute(f"CREATE ROLE pg_rerank_{r} LOGIN{extra}")
+    as_role = {r: psycopg.conninfo.make_conninfo(dsn, user=f"pg_rerank_{r}") for r in roles}
+    put_model(swap_dir, "broken-acl", "tiny/bert")
+    (swap_dir / "broken-acl" / "model.onnx").write_bytes(b"not an onnx file")
+    try:
+        docs = sample(wconn, 1000, repeat=8)
+        box = []
+        t, out = in_thread(lambda: long_request(as_role["alice"], docs, box))
+        wait_for(lambda: box, "alice's backend to start")
+        progress = "SELECT pid FROM pg_rerank_progress"
+        wait_for(lambda: (box[0],) in wconn.execute(progress).fetchall(), "alice's request to show")
+        # A model that fails to load: the worker's status names its files (a later load
+        # that works clears it, so after alice's model is in).
+        wconn.execute("SELECT set_config('pg_rerank.model_dir', %s, false)", (str(swap_dir),))
+        with pytest.raises(errors.DataCorrupted):
+            wconn.execute("SELECT * FROM rerank('q', ARRAY['d'], model => 'broken-acl')")
+        wconn.execute("RESET pg_rerank.model_dir")
+        seen = {}
+        for r in roles:
+            with psycopg.connect(as_role[r], autocommit=True) as c:
+                seen[r] = ([p for (p,) in c.execute(progress)],
+                           c.execute("SELECT status FROM pg_rerank_worker()").fetchone()[0])
+        assert box[0] in seen["alice"][0], seen
+        assert seen["bob"][0] == [], seen
+        assert box[0] in seen["carol"][0], seen
+        assert "broken-acl" in (seen["carol"][1] or ""), seen
+        assert seen["bob"][1] == "<insufficient privilege>", seen
+        assert seen["alice"][1] == "<insufficient privilege>", seen
+        assert wconn.execute("SELECT pg_cancel_backend(%s)", (box[0],)).fetchone()[0]
+        t.join(timeout=30)
+        assert not t.is_alive() and isinstance(out.get("error"), errors.QueryCanceled), out
+    finally:
+        wconn.execute("RESET pg_rerank.model_dir")
+        for r in roles:
+            wconn.execute(f"DROP ROLE IF EXISTS pg_rerank_{r}")
+
+
 def test_cuda_that_cannot_start(wconn):
     # CI's ONNX Runtime is the CPU build: CUDA cannot start there.
     try:
