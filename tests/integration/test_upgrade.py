@@ -155,7 +155,14 @@ def test_every_function_works_after_the_update(databases):
         c.execute("SELECT pg_rerank_stats_reset()")
         c.execute("SELECT pg_rerank_cache_reset()")
         assert c.execute("SELECT cache_capacity > 0 FROM pg_rerank_worker()").fetchone()[0]
-        assert c.execute("SELECT cache_hits FROM pg_rerank_stats WHERE model = 'minilm-debian'").fetchone()[0] >= 0
+        # The same pair twice after the reset: one miss, then one hit (issue 20, item 10:
+        # this asserted cache_hits >= 0, which no count can fail).
+        c.execute("SET pg_rerank.cache = on")
+        again = [c.execute("SELECT rerank_score(%s, %s)", (q, docs[1])).fetchone()[0] for _ in range(2)]
+        assert again[0] == again[1]
+        hits, misses = c.execute(
+            "SELECT cache_hits, cache_misses FROM pg_rerank_stats WHERE model = 'minilm-debian'").fetchone()
+        assert (hits, misses) == (1, 1)
 
 
 def test_drop_extension_leaves_the_server_wide_worker_running(conn, databases):

@@ -74,3 +74,37 @@ fn splitting_long_documents_checks_for_a_cancel_before_each() {
     .expect_err("cancelled");
     assert_eq!(err.kind, ErrorKind::Cancelled);
 }
+
+/// Issue 20, item 10: the symbolic-link escape was tested with an empty directory and any
+/// error accepted (a missing target passed too). A link out of the model directory to a
+/// complete, loadable model is refused by name, with the reason, and is not listed; a link
+/// that stays inside is followed.
+#[test]
+fn a_symlink_out_of_the_model_directory_is_refused() {
+    use pg_rerank_engine::registry;
+    let base = std::env::temp_dir().join(format!("pg_rerank_escape_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (root, outside) = (base.join("models"), base.join("outside"));
+    std::fs::create_dir_all(root.join("real")).expect("mkdir");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    let bert = common::shared().join("models/tiny/bert");
+    for f in ["model.onnx", "tokenizer.json", "config.json", "tokenizer_config.json"] {
+        std::fs::copy(bert.join(f), outside.join(f)).expect("copy");
+        std::fs::copy(bert.join(f), root.join("real").join(f)).expect("copy");
+    }
+    std::os::unix::fs::symlink(&outside, root.join("escape")).expect("symlink");
+    std::os::unix::fs::symlink("../outside", root.join("relative")).expect("symlink");
+    std::os::unix::fs::symlink(root.join("real"), root.join("inside")).expect("symlink");
+    for name in ["escape", "relative", "escape:int8"] {
+        let e = registry::resolve(&root, name).expect_err(name);
+        assert_eq!(e.kind, ErrorKind::InvalidName, "{name}: {e}");
+        assert_eq!(e.detail.as_deref(), Some("the model resolves outside the model directory"), "{name}");
+    }
+    // The target itself would load: only the boundary stops it.
+    let _ = common::load_from(&base, "outside");
+    let inside = registry::resolve(&root, "inside").expect("a link inside the root is followed");
+    assert_eq!(inside.dir, root.join("real").canonicalize().expect("real"));
+    let names: Vec<String> = registry::list(&root).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["inside", "real"]);
+    let _ = std::fs::remove_dir_all(&base);
+}
