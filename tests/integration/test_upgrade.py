@@ -165,6 +165,48 @@ def test_every_function_works_after_the_update(databases):
         assert (hits, misses) == (1, 1)
 
 
+def test_the_update_from_0_3_0_keeps_privileges(dsn):
+    """Issue 20, item 8: an update that drops and recreates a function resets its
+    privileges to PUBLIC. A REVOKE and a GRANT on rerank() made under 0.3.0 survive the
+    update to the current version unchanged."""
+    name = "pg_rerank_acl"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name}")
+        c.execute(f"CREATE DATABASE {name}")
+        for role in ("pg_rerank_acl_reader", "pg_rerank_acl_other"):
+            c.execute(f"DROP ROLE IF EXISTS {role}")
+            c.execute(f"CREATE ROLE {role}")
+    acl = """SELECT p.oid::regprocedure::text, p.proacl::text FROM pg_proc p
+             WHERE p.proname IN ('rerank', 'rerank_score', 'rerank_pairs') ORDER BY 1"""
+    try:
+        with psycopg.connect(psycopg.conninfo.make_conninfo(dsn, dbname=name), autocommit=True) as c:
+            c.execute("CREATE EXTENSION pg_rerank VERSION '0.3.0'")
+            for (fn,) in c.execute("SELECT oid::regprocedure::text FROM pg_proc WHERE proname = 'rerank'").fetchall():
+                c.execute(f"REVOKE EXECUTE ON FUNCTION {fn} FROM PUBLIC")
+                c.execute(f"GRANT EXECUTE ON FUNCTION {fn} TO pg_rerank_acl_reader")
+            c.execute("REVOKE EXECUTE ON FUNCTION rerank_score(text, text, text, boolean, text) FROM PUBLIC")
+            before = c.execute(acl).fetchall()
+            revoked = [a.strip("{}").split(",") for f, a in before if f.startswith("rerank(")]
+            assert revoked and all(any(e.startswith("pg_rerank_acl_reader=X/") for e in a)
+                                   and not any(e.startswith("=") for e in a) for a in revoked), before
+            c.execute("ALTER EXTENSION pg_rerank UPDATE")
+            assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_rerank'").fetchone()[0] \
+                == current_version()
+            assert c.execute(acl).fetchall() == before
+            # Still enforced: the role granted may call rerank(), another may not.
+            c.execute("SET ROLE pg_rerank_acl_reader")
+            assert c.execute("SELECT count(*) FROM rerank('q', ARRAY['d'], 'tiny/bert')").fetchone()[0] == 1
+            c.execute("SET ROLE pg_rerank_acl_other")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SELECT count(*) FROM rerank('q', ARRAY['d'], 'tiny/bert')")
+            c.execute("RESET ROLE")
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            for role in ("pg_rerank_acl_reader", "pg_rerank_acl_other"):
+                c.execute(f"DROP ROLE IF EXISTS {role}")
+
+
 def test_drop_extension_leaves_the_server_wide_worker_running(conn, databases):
     before = conn.execute("SELECT pid, starts FROM pg_rerank_worker()").fetchone()
     with psycopg.connect(databases["pg_rerank_fresh"], autocommit=True) as c:
