@@ -173,7 +173,7 @@ def test_the_update_from_0_3_0_keeps_privileges(dsn):
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute(f"DROP DATABASE IF EXISTS {name}")
         c.execute(f"CREATE DATABASE {name}")
-        for role in ("pg_rerank_acl_reader", "pg_rerank_acl_other"):
+        for role in ("rerank_acl_reader", "rerank_acl_other"):
             c.execute(f"DROP ROLE IF EXISTS {role}")
             c.execute(f"CREATE ROLE {role}")
     acl = """SELECT p.oid::regprocedure::text, p.proacl::text FROM pg_proc p
@@ -183,27 +183,27 @@ def test_the_update_from_0_3_0_keeps_privileges(dsn):
             c.execute("CREATE EXTENSION pg_rerank VERSION '0.3.0'")
             for (fn,) in c.execute("SELECT oid::regprocedure::text FROM pg_proc WHERE proname = 'rerank'").fetchall():
                 c.execute(f"REVOKE EXECUTE ON FUNCTION {fn} FROM PUBLIC")
-                c.execute(f"GRANT EXECUTE ON FUNCTION {fn} TO pg_rerank_acl_reader")
+                c.execute(f"GRANT EXECUTE ON FUNCTION {fn} TO rerank_acl_reader")
             c.execute("REVOKE EXECUTE ON FUNCTION rerank_score(text, text, text, boolean, text) FROM PUBLIC")
             before = c.execute(acl).fetchall()
             revoked = [a.strip("{}").split(",") for f, a in before if f.startswith("rerank(")]
-            assert revoked and all(any(e.startswith("pg_rerank_acl_reader=X/") for e in a)
+            assert revoked and all(any(e.startswith("rerank_acl_reader=X/") for e in a)
                                    and not any(e.startswith("=") for e in a) for a in revoked), before
             c.execute("ALTER EXTENSION pg_rerank UPDATE")
             assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_rerank'").fetchone()[0] \
                 == current_version()
             assert c.execute(acl).fetchall() == before
             # Still enforced: the role granted may call rerank(), another may not.
-            c.execute("SET ROLE pg_rerank_acl_reader")
+            c.execute("SET ROLE rerank_acl_reader")
             assert c.execute("SELECT count(*) FROM rerank('q', ARRAY['d'], 'tiny/bert')").fetchone()[0] == 1
-            c.execute("SET ROLE pg_rerank_acl_other")
+            c.execute("SET ROLE rerank_acl_other")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute("SELECT count(*) FROM rerank('q', ARRAY['d'], 'tiny/bert')")
             c.execute("RESET ROLE")
     finally:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            for role in ("pg_rerank_acl_reader", "pg_rerank_acl_other"):
+            for role in ("rerank_acl_reader", "rerank_acl_other"):
                 c.execute(f"DROP ROLE IF EXISTS {role}")
 
 
