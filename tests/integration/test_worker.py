@@ -261,8 +261,16 @@ def test_progress_and_status_follow_pg_stat_activity_rules(dsn, wconn, swap_dir)
     try:
         docs = sample(wconn, 1000, repeat=8)
         box = []
-        t, out = in_thread(lambda: long_request(as_role["alice"], docs, box))
-        wait_for(lambda: box, "alice's backend to start")
+
+        def alice():
+            # pg_rerank.execution is a superuser's setting: auto goes to the worker.
+            with psycopg.connect(as_role["alice"], autocommit=True) as c:
+                box.append(c.execute("SELECT pg_backend_pid()").fetchone()[0])
+                return c.execute("SELECT count(*) FROM rerank('compression', %s)", (docs,)).fetchone()[0]
+
+        t, out = in_thread(alice)
+        wait_for(lambda: box or out, "alice's backend to start")
+        assert box, out
         progress = "SELECT pid FROM pg_rerank_progress"
         wait_for(lambda: (box[0],) in wconn.execute(progress).fetchall(), "alice's request to show")
         # A model that fails to load: the worker's status names its files (a later load
