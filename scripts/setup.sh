@@ -128,11 +128,12 @@ install_user() {
 }
 
 install_venv() {
-    if [ -x "$REPO/.venv/bin/python" ] && "$REPO/.venv/bin/python" -c "import psycopg, numpy, pytest, onnx" 2>/dev/null; then return; fi
+    if [ -x "$REPO/.venv/bin/python" ] && "$REPO/.venv/bin/python" -c "import psycopg, numpy, pytest, onnx, pytrec_eval" 2>/dev/null; then return; fi
     log "creating the Python environment in .venv"
     python3 -m venv "$REPO/.venv"
     "$REPO/.venv/bin/pip" install -q --upgrade pip
-    "$REPO/.venv/bin/pip" install -q "psycopg[binary]==3.2.*" "numpy<3" "pytest<9" "onnx==1.*"
+    "$REPO/.venv/bin/pip" install -q "psycopg[binary]==3.2.*" "numpy<3" "pytest<9" "onnx==1.*" \
+        "pytrec_eval-terrier==0.5.*"
 }
 
 build_extension() {

@@ -2,7 +2,9 @@
 
 mod bulk;
 mod catalog;
+mod diversity;
 mod embed;
+mod evaluate;
 mod fusion;
 mod rerank;
 mod stats;

@@ -30,7 +30,7 @@ struct TopkState {
     ranked: Option<Vec<(usize, f32)>>,
 }
 
-fn agg_context(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> pg_sys::MemoryContext {
+pub(super) fn agg_context(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> pg_sys::MemoryContext {
     let mut ctx: pg_sys::MemoryContext = std::ptr::null_mut();
     // SAFETY: fcinfo is the live call's; AggCheckCallContext only reads it.
     if unsafe { pg_sys::AggCheckCallContext(fcinfo, &mut ctx) } == 0 {
@@ -42,7 +42,7 @@ fn agg_context(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> pg_sys::MemoryCo
     ctx
 }
 
-fn check_k(k: Option<i32>) -> Result<i32, ErrorReport> {
+pub(super) fn check_k(k: Option<i32>) -> Result<i32, ErrorReport> {
     match k {
         Some(k) if k > 0 => Ok(k),
         Some(k) => Err(report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("k must be positive, not {k}"))),
@@ -166,7 +166,7 @@ fn transition(
 ///
 /// # Safety
 /// `d` must be a valid datum of a type with the given `byval` and `len`.
-unsafe fn datum_copy(d: pg_sys::Datum, byval: bool, len: i16) -> pg_sys::Datum {
+pub(super) unsafe fn datum_copy(d: pg_sys::Datum, byval: bool, len: i16) -> pg_sys::Datum {
     if byval {
         return d;
     }
