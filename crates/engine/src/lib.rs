@@ -10,6 +10,7 @@ pub mod config;
 pub mod embed;
 pub mod error;
 pub mod model;
+pub mod preselect;
 pub mod rank;
 pub mod registry;
 pub mod runtime;
