@@ -4,7 +4,9 @@
 //! model (k = 0: every window, today's path), and NDCG@10 (binary qrels) is computed for
 //! each k, with the pairs per document each k scores. Prints one JSON object.
 //!
-//! cargo run --release -p pg_rerank_engine --example long_select -- SHARED QUERIES THREADS [ONNX_FILE]
+//! cargo run --release -p pg_rerank_engine --example long_select -- SHARED QUERIES THREADS [ONNX_FILE [SKIP]]
+//!
+//! SKIP: leave out the first SKIP queries (to check a choice made on them on the others).
 
 use pg_rerank_engine::{chunk, preselect, runtime, ChunkOptions, Model, ScoreOptions, SessionOptions};
 use serde_json::{json, Value};
@@ -18,6 +20,7 @@ fn main() {
     let n: usize = args[2].parse().expect("queries");
     let threads: usize = args[3].parse().expect("threads");
     let onnx_file = args.get(4).cloned().unwrap_or_else(|| "model.onnx".into());
+    let skip: usize = args.get(5).map_or(0, |s| s.parse().expect("skip"));
     let ort = std::env::var("ORT_DYLIB_PATH").unwrap_or("/usr/local/lib/onnxruntime/libonnxruntime.so.1.32.0".into());
     let env = runtime::init(std::path::Path::new(&ort)).expect("ONNX Runtime");
     let opts = SessionOptions { intra_threads: threads, onnx_file, ..Default::default() };
@@ -45,7 +48,7 @@ fn main() {
         let v: Value = serde_json::from_str(l).expect("json");
         let q = v["query_id"].as_str().expect("query_id");
         if cands.last().is_none_or(|(lq, _)| lq != q) {
-            if cands.len() == n {
+            if cands.len() == skip + n {
                 break;
             }
             cands.push((q.into(), Vec::new()));
@@ -54,6 +57,7 @@ fn main() {
         cands.last_mut().expect("query").1.push(row);
     }
 
+    cands.drain(..skip.min(cands.len()));
     let ks = [0usize, 1, 2, 3, 4, 6];
     let score_opts = ScoreOptions { raw: true, tokenize_threads: threads, ..Default::default() };
     let all = ChunkOptions { select: 0, ..Default::default() };

@@ -28,7 +28,7 @@ pub struct ChunkOptions {
 }
 
 /// The default of [`ChunkOptions::select`] (and of `pg_rerank.chunk_select`).
-pub const DEFAULT_SELECT: usize = 0;
+pub const DEFAULT_SELECT: usize = 2;
 
 impl Default for ChunkOptions {
     fn default() -> Self {
