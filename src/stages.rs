@@ -124,14 +124,13 @@ pub fn rows() -> Vec<Row> {
                 items: t.items as i64,
                 ms: t.us as f64 / 1000.0,
                 detail: match stage {
-                    Stage::Split => Some(format!(
-                        "{} documents split into {} windows, {} of them scored",
-                        t.items, t.more, t.most
-                    )),
-                    Stage::Worker | Stage::Backend => {
-                        Some(format!("{} pairs, {} tokens in {} batches", t.items, t.more, t.most))
+                    Stage::Split => {
+                        Some(format!("documents split: {}; windows: {}; windows scored: {}", t.items, t.more, t.most))
                     }
-                    Stage::Cache => Some(format!("{} pairs answered by the cache", t.items)),
+                    Stage::Worker | Stage::Backend => {
+                        Some(format!("pairs: {}; tokens: {}; batches: {}", t.items, t.more, t.most))
+                    }
+                    Stage::Cache => Some(format!("pairs answered: {}", t.items)),
                     _ => None,
                 },
             })
