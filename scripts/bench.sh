@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): starts a private cluster with pg_rerank preloaded, loads the
-# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, sql_overhead, end_to_end, recipes,
+# shared corpus, and runs the benchmark named by $1 (concurrency, head_to_head, sql_overhead, flagship, end_to_end, recipes,
 # cascade, bulk, embed, long_documents, cache, latency, soak). Results
 # go to benches/results/, plots to docs/img/. Run nothing else meanwhile: the figures are
 # ratios measured in one run, but a busy machine still skews them.
@@ -21,7 +21,7 @@ trap 'stop_cluster "$CLUSTER"' EXIT
 export PGHOST=127.0.0.1 PGPORT="$PORT" PGUSER=postgres
 # The Python reference reads a document up to the model's window: the benchmarks' sessions
 # do the same work (pg_rerank.long_documents = truncate), except the long-document one.
-[ "${1:-}" = long_documents ] || export PGOPTIONS="-c pg_rerank.long_documents=truncate"
+[ "${1:-}" = long_documents ] || [ "${1:-}" = flagship ] || export PGOPTIONS="-c pg_rerank.long_documents=truncate"
 # The benchmarks measure the model's work: the score cache would answer the inputs they
 # repeat (rounds, warm-ups, the cascade's second stage). The cache benchmark measures it.
 [ "${1:-}" = cache ] || export PGOPTIONS="${PGOPTIONS:-} -c pg_rerank.cache=off"
@@ -47,6 +47,13 @@ case "${1:-concurrency}" in
         ORT_DYLIB_PATH="$ORT_LIB" .venv/bin/python benches/head_to_head.py "$SHARED" "$DSN" "$ENGINE" \
             "benches/results/$1.json" "$plot" \
             "${PG_RERANK_BENCH_QUERIES:-5}" "${PG_RERANK_BENCH_REPEAT:-$rounds}" "$only"
+        ;;
+    flagship)
+        cargo build --release -q -p pg_rerank_engine --example windows
+        .venv/bin/python scripts/load_corpus.py "$DSN" "$SHARED/data/debian"
+        PGOPTIONS="-c pg_rerank.cache=off" .venv/bin/python benches/flagship.py "$SHARED" "$DSN" \
+            target/release/examples/windows benches/results/flagship.json docs/img/flagship.png \
+            "${PG_RERANK_BENCH_QUERIES:-20}" "${PG_RERANK_BENCH_THREADS:-2}"
         ;;
     end_to_end)
         .venv/bin/python scripts/load_corpus.py "$DSN" "$SHARED/data/debian"

@@ -224,3 +224,15 @@ CREATE AGGREGATE reciprocal_rank(doc_id text, score double precision, grade doub
 );
 COMMENT ON AGGREGATE reciprocal_rank(text, double precision, double precision) IS
 '1 / the rank of the first relevant (grade > 0) document of one query, 0 when none is retrieved (trec_eval recip_rank; avg() over queries is MRR); rows as for ndcg_at_k.';
+-- issue 18: pg_rerank_stages() (where the session's last statement spent its time) and
+-- the setting pg_rerank.chunk_select (window preselection; a setting, no SQL object).
+CREATE FUNCTION "pg_rerank_stages"() RETURNS TABLE (
+	"stage" TEXT,
+	"calls" bigint,
+	"items" bigint,
+	"ms" double precision,
+	"detail" TEXT
+)
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pg_rerank_stages_wrapper';

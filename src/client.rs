@@ -14,7 +14,9 @@ use crate::guc;
 use crate::shmem::{self, Outcome, Shared, SlotState, SLOTS};
 use crate::wire;
 use parking_lot::Mutex;
+use crate::stages::{self, Stage};
 use pg_rerank_engine::{registry, Priority, ScoreStats, TextKind};
+use std::time::Duration;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -320,6 +322,15 @@ fn send<T>(
     };
     // SAFETY: the worker is done with the segment (Done); we created it and detach once.
     unsafe { pg_sys::dsm_detach(seg) };
+    if let wire::Kind::Score { .. } = kind {
+        // The wait in the queue, and the worker's time on the request (both wall clock).
+        let (queued, started) = (slot.queued_at.load(Ordering::Relaxed), slot.started_at.load(Ordering::Relaxed));
+        let started = if started > 0 { started } else { queued };
+        let done = shmem::wall_us();
+        let us = |a: i64, b: i64| Duration::from_micros(b.saturating_sub(a).max(0) as u64);
+        stages::record(Stage::Queue, us(queued, started), n as u64, 0, 0);
+        stages::record(Stage::Worker, us(started, done), n as u64, 0, 0);
+    }
     drop(ticket); // frees the Done slot
     result
 }

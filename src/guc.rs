@@ -110,6 +110,10 @@ static MAX_CHUNKS: GucSetting<i32> = GucSetting::<i32>::new(16);
 /// Tokens a window rereads of the one before it, when it goes on in the same paragraph.
 static CHUNK_OVERLAP: GucSetting<i32> = GucSetting::<i32>::new(64);
 
+/// Windows of a long document the model reads: the best by lexical overlap with the query
+/// (0: every window). A document with no more windows scores as with 0.
+static CHUNK_SELECT: GucSetting<i32> = GucSetting::<i32>::new(pg_rerank_engine::chunk::DEFAULT_SELECT as i32);
+
 /// Shared memory for the score cache, in kB (0: no cache). Server start when preloaded:
 /// the table is made once, when the server starts (without preload there is no cache).
 static CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
@@ -335,6 +339,16 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"pg_rerank.chunk_select",
+        c"Windows of a long document the model scores: those that share the most words with the query (0: every window).",
+        c"A document split into more windows is scored on this many, chosen by BM25 over its own windows; one with no more scores as with 0. Fewer windows cost fewer model passes.",
+        &CHUNK_SELECT,
+        0,
+        1024,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"pg_rerank.cache_size",
         c"Shared memory for the background worker's score cache (0: no cache).",
         c"Set at server start. Each cached score takes 33 bytes; the least recently used go first.",
@@ -453,6 +467,7 @@ pub fn chunk_options() -> pg_rerank_engine::ChunkOptions {
     pg_rerank_engine::ChunkOptions {
         max_chunks: MAX_CHUNKS.get().max(1) as usize,
         overlap: CHUNK_OVERLAP.get().max(0) as usize,
+        select: CHUNK_SELECT.get().max(0) as usize,
     }
 }
 

@@ -12,6 +12,7 @@ mod error;
 mod guc;
 mod models;
 mod shmem;
+mod stages;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 mod wire;

@@ -36,6 +36,13 @@ pub(crate) fn embed_texts(
     kind: TextKind,
     class: Priority,
 ) -> SqlResult<Vec<Vec<f32>>> {
+    let started = std::time::Instant::now();
+    let vectors = embed_texts_in(model, texts, kind, class)?;
+    crate::stages::record(crate::stages::Stage::Embed, started.elapsed(), texts.len() as u64, 0, 0);
+    Ok(vectors)
+}
+
+fn embed_texts_in(model: Option<&str>, texts: &[&str], kind: TextKind, class: Priority) -> SqlResult<Vec<Vec<f32>>> {
     let name = models::embedding_model_name(model)?;
     let in_worker = match guc::execution() {
         Execution::Backend => false,

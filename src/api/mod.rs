@@ -8,6 +8,7 @@ mod evaluate;
 mod fusion;
 mod rerank;
 mod stats;
+mod timing;
 mod topk;
 
 use crate::client::{self, CallProgress};
@@ -18,7 +19,9 @@ use pg_rerank_engine::chunk;
 use pg_rerank_engine::score_cache::{Key, ScoreCache};
 use pg_rerank_engine::{Priority, ScoreOptions};
 use pgrx::PgSqlErrorCode;
+use crate::stages::{self, Stage};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 /// Pairs per request to the worker: a larger call is sent in requests of this size, one
 /// after the other, so it never needs more room in the queue than this, and the worker
@@ -105,13 +108,14 @@ fn score_cached(cache: ScoreCache<'static>, how: Scoring, pairs: &[(&str, &str)]
     // Read before anything is scored: a model (re)loaded after this point empties the
     // cache, and the scores computed here are then not stored.
     let epoch = cache.epoch();
+    let started = Instant::now();
     let dir = models::model_dir()?;
     let raw = how.raw;
     let settings = match guc::long_documents() {
         LongDocuments::Truncate => format!("raw={raw} truncate"),
         LongDocuments::Chunk => {
             let c = guc::chunk_options();
-            format!("raw={raw} chunk max_chunks={} overlap={}", c.max_chunks, c.overlap)
+            format!("raw={raw} chunk max_chunks={} overlap={} select={}", c.max_chunks, c.overlap, c.select)
         }
     };
     // What every pair of the call shares is hashed once, and its key is a part of each
@@ -132,14 +136,18 @@ fn score_cached(cache: ScoreCache<'static>, how: Scoring, pairs: &[(&str, &str)]
     let found: Vec<Option<f32>> = keys.iter().map(|k| cache.get(k)).collect();
     let missing: Vec<usize> = (0..pairs.len()).filter(|&i| found[i].is_none()).collect();
     let mut scores: Vec<f32> = found.into_iter().map(|s| s.unwrap_or(f32::NAN)).collect();
+    let mut in_cache = started.elapsed();
     if !missing.is_empty() {
         let asked: Vec<(&str, &str)> = missing.iter().map(|&i| pairs[i]).collect();
         let got = score_documents(how, &asked)?;
+        let storing = Instant::now();
         for (&i, s) in missing.iter().zip(got) {
             scores[i] = s;
             cache.insert(&keys[i], s, epoch);
         }
+        in_cache += storing.elapsed();
     }
+    stages::record(Stage::Cache, in_cache, (pairs.len() - missing.len()) as u64, 0, 0);
     // Counted once the worker has scored: a model's statistics entry appears when it loads.
     if let Some(st) = crate::shmem::get().and_then(|sh| sh.find_stats(how.model)) {
         st.cache_hits.fetch_add((pairs.len() - missing.len()) as u64, Ordering::Relaxed);
@@ -154,6 +162,7 @@ fn score_documents(how: Scoring, pairs: &[(&str, &str)]) -> SqlResult<Vec<f32>> 
     if guc::long_documents() == LongDocuments::Truncate {
         return score_windows(how, pairs);
     }
+    let started = Instant::now();
     let splitter = models::splitter(how.model)?;
     let clipped: Vec<(&str, &str)> = pairs.iter().map(|(q, d)| (clip_text(q), clip_text(d))).collect();
     let expanded = chunk::expand_with(&splitter, &clipped, guc::chunk_options(), how.instruction, &mut || {
@@ -161,6 +170,8 @@ fn score_documents(how: Scoring, pairs: &[(&str, &str)]) -> SqlResult<Vec<f32>> 
         Ok(())
     })
     .map_err(engine)?;
+    let scored = expanded.windows - expanded.skipped;
+    stages::record(Stage::Split, started.elapsed(), expanded.split as u64, expanded.windows as u64, scored as u64);
     let scores = score_windows(how, &expanded.pairs)?;
     if expanded.split > 0 || expanded.truncated > 0 {
         if let Some(st) = crate::shmem::get().filter(|_| how.in_worker).and_then(|sh| sh.find_stats(how.model)) {
@@ -186,7 +197,9 @@ fn score_windows(how: Scoring, pairs: &[(&str, &str)]) -> SqlResult<Vec<f32>> {
     for chunk in pairs.chunks(WORKER_REQUEST_PAIRS) {
         let clipped: Vec<(&str, &str)> = chunk.iter().map(|(q, d)| (clip_text(q), clip_text(d))).collect();
         let call = CallProgress { total: pairs.len() as u64, done: scores.len() as u64 };
-        scores.extend(client::score(how.model, how.instruction, &clipped, how.raw, priority, call)?.0);
+        let (got, st) = client::score(how.model, how.instruction, &clipped, how.raw, priority, call)?;
+        stages::count(Stage::Worker, st.tokens as u64, st.batches as u64);
+        scores.extend(got);
     }
     Ok(scores)
 }
@@ -197,12 +210,14 @@ fn score_here(how: Scoring, pairs: &[(&str, &str)]) -> SqlResult<Vec<f32>> {
     let model = models::get(how.model)?;
     let opts =
         ScoreOptions { limits: guc::batch_limits(model.device()), raw: how.raw, tokenize_threads: guc::threads() };
-    let (scores, _stats) = model
+    let started = Instant::now();
+    let (scores, st) = model
         .score_pairs_with(pairs, opts, how.instruction, &mut || {
             pgrx::check_for_interrupts!();
             Ok(())
         })
         .map_err(engine)?;
+    stages::record(Stage::Backend, started.elapsed(), pairs.len() as u64, st.tokens as u64, st.batches as u64);
     Ok(scores)
 }
 

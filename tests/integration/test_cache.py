@@ -97,10 +97,11 @@ def test_what_changes_a_score_misses_the_cache(cconn):
     before = counts(cconn)
     scores(cconn, docs, query=Q + " for zip files")
     assert delta(cconn, before) == (0, 8)
-    # The long-document settings: mode, overlap, most windows.
+    # The long-document settings: mode, overlap, most windows, windows preselected.
     long_docs = [d * 12 for d in docs[:3]]
     chunked = scores(cconn, long_docs)
-    for setting, value in [("long_documents", "truncate"), ("chunk_overlap", "8"), ("max_chunks", "2")]:
+    for setting, value in [("long_documents", "truncate"), ("chunk_overlap", "8"), ("max_chunks", "2"),
+                           ("chunk_select", "1")]:
         cconn.execute(f"SET pg_rerank.{setting} = {value}")
         try:
             before = counts(cconn)

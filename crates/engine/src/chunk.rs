@@ -22,11 +22,17 @@ pub struct ChunkOptions {
     pub max_chunks: usize,
     /// Most tokens a window shares with the one before it (at most half a window).
     pub overlap: usize,
+    /// Windows per document given to the model: a document with more is scored on the
+    /// `select` that share the most with the query ([`crate::preselect`]); 0: every window.
+    pub select: usize,
 }
+
+/// The default of [`ChunkOptions::select`] (and of `pg_rerank.chunk_select`).
+pub const DEFAULT_SELECT: usize = 2;
 
 impl Default for ChunkOptions {
     fn default() -> Self {
-        Self { max_chunks: 16, overlap: 64 }
+        Self { max_chunks: 16, overlap: 64, select: DEFAULT_SELECT }
     }
 }
 
@@ -339,6 +345,9 @@ pub struct Expanded<'a> {
     /// `max_chunks` windows).
     pub split: usize,
     pub truncated: usize,
+    /// Windows of split documents, and those of them that preselection left unscored.
+    pub windows: usize,
+    pub skipped: usize,
 }
 
 /// Expands `pairs` into windows with `splitter`. `check` runs before every document that
@@ -387,9 +396,14 @@ pub fn expand_with<'a>(
         let from = out.pairs.len();
         if w.texts.len() > 1 {
             out.split += 1;
+            out.windows += w.texts.len();
+            let kept = crate::preselect::select(q, &w.texts, opts.select);
+            out.skipped += w.texts.len() - kept.len();
+            out.pairs.extend(kept.into_iter().map(|i| (q, w.texts[i])));
+        } else {
+            out.pairs.extend(w.texts.into_iter().map(|t| (q, t)));
         }
         out.truncated += usize::from(w.truncated);
-        out.pairs.extend(w.texts.into_iter().map(|t| (q, t)));
         out.spans.push(from..out.pairs.len());
     }
     Ok(out)
@@ -413,7 +427,7 @@ mod tests {
     }
 
     fn opts(max_chunks: usize, overlap: usize) -> ChunkOptions {
-        ChunkOptions { max_chunks, overlap }
+        ChunkOptions { max_chunks, overlap, select: 0 }
     }
 
     #[test]

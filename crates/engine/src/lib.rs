@@ -12,6 +12,7 @@ pub mod embed;
 pub mod error;
 pub mod evaluate;
 pub mod model;
+pub mod preselect;
 pub mod rank;
 pub mod registry;
 pub mod runtime;

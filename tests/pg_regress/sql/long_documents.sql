@@ -42,6 +42,29 @@ SET pg_rerank.max_chunks = 1;
 SELECT rerank_score('lossless compression library', body) < 0.01 AS one_window_misses_it FROM long_doc;
 RESET pg_rerank.max_chunks;
 
+-- Window preselection: with pg_rerank.chunk_select = 1 the model reads only the window
+-- that shares the most words with the query. Here that is the passage, so the score is
+-- the passage's, as when every window is read; pg_rerank_stages() shows the split.
+SHOW pg_rerank.chunk_select;
+SET pg_rerank.cache = off;
+SET pg_rerank.chunk_select = 1;
+SELECT round(rerank_score('lossless compression library', body)::numeric, 4) =
+       round(rerank_score('lossless compression library',
+                          'zlib is a library implementing the deflate compression method found in gzip and PKZIP.')::numeric, 4)
+       AS one_window_is_the_passage
+FROM long_doc;
+SELECT rerank_score('lossless compression library', body) > 0.1 AS found FROM long_doc;
+SELECT stage, calls, detail FROM pg_rerank_stages() WHERE stage IN ('split', 'sql', 'statement');
+SELECT bool_and(ms >= 0) AS times_are_durations FROM pg_rerank_stages();
+-- A document with no more windows than chunk_select scores as with every window read.
+SET pg_rerank.chunk_select = 64;
+CREATE TEMP TABLE selected AS SELECT rerank_score('lossless compression library', body) AS s FROM long_doc;
+SET pg_rerank.chunk_select = 0;
+SELECT s = rerank_score('lossless compression library', body) AS same_as_every_window FROM long_doc, selected;
+SELECT pg_temp.err($$SET pg_rerank.chunk_select = -1$$);
+RESET pg_rerank.chunk_select;
+RESET pg_rerank.cache;
+
 -- A short document is one window, whatever the settings; a query longer than the window
 -- leaves no room and the document is scored once, truncated.
 SELECT rerank_score('compression', 'zlib') = rerank_score('compression', 'zlib') AS same;
@@ -56,5 +79,6 @@ SET ROLE rerank_long_user;
 SELECT pg_temp.err($$SET pg_rerank.max_chunks = 1024$$);
 SELECT pg_temp.err($$SET pg_rerank.long_documents = truncate$$);
 SELECT pg_temp.err($$SET pg_rerank.chunk_overlap = 0$$);
+SELECT pg_temp.err($$SET pg_rerank.chunk_select = 2$$);
 RESET ROLE;
 DROP ROLE rerank_long_user;
