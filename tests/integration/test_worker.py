@@ -271,7 +271,8 @@ def test_progress_and_status_follow_pg_stat_activity_rules(dsn, wconn, swap_dir)
         t, out = in_thread(alice)
         wait_for(lambda: box or out, "alice's backend to start")
         assert box, out
-        progress = "SELECT pid FROM pg_rerank_progress"
+        # The view grants nothing to PUBLIC; the function under it is PUBLIC's to call.
+        progress = "SELECT pid FROM pg_rerank_progress_raw()"
         wait_for(lambda: (box[0],) in wconn.execute(progress).fetchall(), "alice's request to show")
         # A model that fails to load: the worker's status names its files (a later load
         # that works clears it, so after alice's model is in).
