@@ -15,6 +15,7 @@ and `rerank()` of the same 100 candidates, both settings. The systems run in a r
 order per query, after a warm-up, so that a slow minute of a shared machine falls on all.
 
     python benches/flagship.py SHARED DSN WINDOWS_BIN OUT_JSON OUT_PNG [queries (20)] [threads (2)]
+    python benches/flagship.py SHARED DSN WINDOWS_BIN OUT_JSON OUT_PNG --plot   (redraw from OUT_JSON)
 """
 import json
 import statistics
@@ -31,8 +32,8 @@ from tokenizers import Tokenizer
 from feeds import padded
 
 SHARED, DSN, WINDOWS_BIN, OUT_JSON, OUT_PNG = sys.argv[1:6]
-QUERIES = int(sys.argv[6]) if len(sys.argv) > 6 else 20
-THREADS = int(sys.argv[7]) if len(sys.argv) > 7 else 2
+QUERIES = int(sys.argv[6]) if len(sys.argv) > 6 and sys.argv[6] != "--plot" else 20
+THREADS = int(sys.argv[7]) if len(sys.argv) > 7 and sys.argv[7] != "--plot" else 2
 DATA = Path(SHARED) / "data" / "debian"
 MODEL = Path(SHARED) / "models" / "minilm-debian"
 REPO = Path(__file__).resolve().parents[1]
@@ -148,13 +149,15 @@ def plot(out):
     names = [n for n in out["summary"] if not n.startswith("rerank()")]
     fig, ax = plt.subplots(figsize=(9, 3))
     order = ["sql", "first stage (SQL)", "embed", "cache", "split", "queue", "worker", "backend", "tokenize", "model"]
+    colour = {k: f"C{i}" for i, k in enumerate(order)}
+    colour["model"] = colour["worker"]  # the model's work, in both stacks
     for y, name in enumerate(names):
         left = 0.0
         st = out["summary"][name]["stage_median_ms"]
         for k in order:
             v = st.get(k, 0.0)
             if v > 0:
-                ax.barh([y], [v], left=left, label=k)
+                ax.barh([y], [v], left=left, label=k, color=colour[k])
                 left += v
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
@@ -167,4 +170,7 @@ def plot(out):
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[-1] == "--plot":  # redraw OUT_PNG from OUT_JSON
+        plot(json.load(open(OUT_JSON)))
+    else:
+        main()
