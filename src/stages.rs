@@ -11,6 +11,7 @@ use std::time::Duration;
 
 /// A stage of a call, in the order a reranking statement goes through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Stage {
     /// embed() and embed_batch(): items are texts.
     Embed,
@@ -26,6 +27,7 @@ pub enum Stage {
     Backend,
 }
 
+/// Every stage with its name, in order: entry i is the stage whose discriminant is i.
 const STAGES: [(Stage, &str); 6] = [
     (Stage::Embed, "embed"),
     (Stage::Cache, "cache"),
@@ -34,6 +36,13 @@ const STAGES: [(Stage, &str); 6] = [
     (Stage::Worker, "worker"),
     (Stage::Backend, "backend"),
 ];
+const _: () = {
+    let mut i = 0;
+    while i < STAGES.len() {
+        assert!(STAGES[i].0 as usize == i, "STAGES is in the order of Stage's discriminants");
+        i += 1;
+    }
+};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Totals {
@@ -76,8 +85,7 @@ pub fn record(stage: Stage, took: Duration, items: u64, more: u64, most: u64) {
             *r = Record { statement, ..Default::default() };
         }
         r.last_end = r.last_end.max(end);
-        let i = STAGES.iter().position(|(s, _)| *s == stage).expect("every stage is listed");
-        let t = &mut r.totals[i];
+        let t = &mut r.totals[stage as usize];
         t.calls += 1;
         t.items += items;
         t.us += took.as_micros() as u64;
@@ -90,9 +98,8 @@ pub fn record(stage: Stage, took: Duration, items: u64, more: u64, most: u64) {
 /// after the call was recorded).
 pub fn count(stage: Stage, more: u64, most: u64) {
     RECORD.with_borrow_mut(|r| {
-        let i = STAGES.iter().position(|(s, _)| *s == stage).expect("every stage is listed");
-        r.totals[i].more += more;
-        r.totals[i].most += most;
+        r.totals[stage as usize].more += more;
+        r.totals[stage as usize].most += most;
     });
 }
 

@@ -5,12 +5,12 @@
 //! IMMUTABLE, no model involved.
 
 use super::check_doc_count;
-use super::topk::{agg_context, check_k, datum_copy};
+use super::topk::{agg_context, check_k, datum_copy, id_array};
 use crate::error::report;
 use pg_rerank_engine::diversity::{mmr, InputError, Items, MmrOptions, DEFAULT_LAMBDA};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{AnyArray, AnyElement, Array, FromDatum, Internal, PgMemoryContexts, PgSqlErrorCode};
+use pgrx::{AnyArray, AnyElement, Array, Internal, PgMemoryContexts, PgSqlErrorCode};
 use std::ffi::c_char;
 
 pub(super) fn input_error(e: InputError) -> ErrorReport {
@@ -135,20 +135,9 @@ fn finish(mut state: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Result<Optio
         mmr(&st.scores, Items::Vectors(&vectors), opts)
     }
     .map_err(input_error)?;
-    let mut datums: Vec<pg_sys::Datum> = picked.iter().map(|&i| st.ids[i]).collect();
-    // SAFETY: the datums are of type st.elem, whose storage properties were looked up.
-    unsafe {
-        let arr = pg_sys::construct_array(
-            datums.as_mut_ptr(),
-            datums.len() as i32,
-            st.elem,
-            st.typlen as i32,
-            st.typbyval,
-            st.typalign,
-        );
-        let array_type = pg_sys::get_array_type(st.elem);
-        Ok(AnyArray::from_polymorphic_datum(pg_sys::Datum::from(arr), false, array_type))
-    }
+    let datums: Vec<pg_sys::Datum> = picked.iter().map(|&i| st.ids[i]).collect();
+    // SAFETY: the ids were copied as values of st.elem, whose storage properties these are.
+    Ok(unsafe { id_array(datums, st.elem, st.typlen, st.typbyval, st.typalign) })
 }
 
 /// Transition function of `diversify(id, score, embedding real[], k)`.

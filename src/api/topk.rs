@@ -185,6 +185,26 @@ pub(super) unsafe fn datum_copy(d: pg_sys::Datum, byval: bool, len: i16) -> pg_s
     }
 }
 
+/// An array of the element type `elem` (an aggregate's id type) holding `datums`, as the
+/// final functions of `rerank_topk` and `diversify` return their ids.
+///
+/// # Safety
+/// Every datum must be a valid value of `elem`, whose storage properties are `typlen`,
+/// `typbyval` and `typalign`.
+pub(super) unsafe fn id_array(
+    mut datums: Vec<pg_sys::Datum>,
+    elem: pg_sys::Oid,
+    typlen: i16,
+    typbyval: bool,
+    typalign: c_char,
+) -> Option<AnyArray> {
+    // SAFETY: per the contract; construct_array copies the values into a new array.
+    unsafe {
+        let arr = pg_sys::construct_array(datums.as_mut_ptr(), datums.len() as i32, elem, typlen as i32, typbyval, typalign);
+        AnyArray::from_polymorphic_datum(pg_sys::Datum::from(arr), false, pg_sys::get_array_type(elem))
+    }
+}
+
 /// The state and its best k rows as (row, score), best first, for a final function.
 /// Scores the rows on the first call and keeps the ranking in the state, so the second
 /// final function sharing the state does not run the model again. None when no row was
@@ -230,20 +250,9 @@ fn rerank_topk_final(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Result<Option<AnyArray>, ErrorReport> {
     let Some((st, ranked)) = best(&mut state, fcinfo, "rerank_topk_final")? else { return Ok(None) };
-    let mut datums: Vec<pg_sys::Datum> = ranked.iter().map(|(i, _)| st.ids[*i]).collect();
-    // SAFETY: the datums are of type st.elem, whose storage properties were looked up.
-    unsafe {
-        let arr = pg_sys::construct_array(
-            datums.as_mut_ptr(),
-            datums.len() as i32,
-            st.elem,
-            st.typlen as i32,
-            st.typbyval,
-            st.typalign,
-        );
-        let array_type = pg_sys::get_array_type(st.elem);
-        Ok(AnyArray::from_polymorphic_datum(pg_sys::Datum::from(arr), false, array_type))
-    }
+    let datums: Vec<pg_sys::Datum> = ranked.iter().map(|(i, _)| st.ids[*i]).collect();
+    // SAFETY: the ids were copied as values of st.elem, whose storage properties these are.
+    Ok(unsafe { id_array(datums, st.elem, st.typlen, st.typbyval, st.typalign) })
 }
 
 /// `rerank_topk_final` of the forms with a model and a lowest score kept.
